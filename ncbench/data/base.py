@@ -1,0 +1,89 @@
+"""The one in-memory form every dataset loader returns.
+
+A loader is a function registered with ``@register_dataset(name)`` that takes keyword options
+(``root``, ``download``, ``seed``, ``per_class`` ... as the loader documents) and returns an
+:class:`ImageDataset`. Everything downstream (pools, episodes, pretraining, features) only sees this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+TRAIN, TEST = 0, 1  # values of ImageDataset.split
+
+
+class DatasetError(ValueError):
+    """A dataset cannot be loaded: missing or incomplete root, unreadable file, bad option."""
+
+
+@dataclass
+class ImageDataset:
+    """Images with integer labels, class names, a per-image train/test split and class splits.
+
+    images:       uint8 array [N, H, W, C] (C = 1 for grayscale, 3 for RGB), all the same size.
+    labels:       int64 array [N], values in 0..K-1, indexing ``class_names``.
+    class_names:  K strings, unique; class k is ``class_names[k]``.
+    split:        int8 array [N], ``TRAIN`` (0) or ``TEST`` (1): the dataset's documented per-class
+                  split of images (official one where the dataset has it).
+    class_splits: standard split of the *classes* where the dataset has one, e.g.
+                  ``{"train": [...], "val": [...], "test": [...]}`` of class indices; empty otherwise.
+    mean, std:    per-channel normalisation constants (C floats) used by evaluation preprocessing.
+    """
+
+    name: str
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    split: np.ndarray
+    class_splits: dict[str, list[int]] = field(default_factory=dict)
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+
+    def __post_init__(self) -> None:
+        n = len(self.labels)
+        if self.images.ndim != 4 or self.images.dtype != np.uint8:
+            raise DatasetError(f"{self.name}: images must be uint8 [N, H, W, C], got {self.images.dtype} {self.images.shape}")
+        if len(self.images) != n or len(self.split) != n:
+            raise DatasetError(f"{self.name}: images ({len(self.images)}), labels ({n}) and split ({len(self.split)}) differ in length")
+        if len(set(self.class_names)) != len(self.class_names):
+            raise DatasetError(f"{self.name}: class names are not unique")
+        if n and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
+            raise DatasetError(f"{self.name}: labels must lie in 0..{len(self.class_names) - 1}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise DatasetError(f"{self.name}: mean/std need {self.channels} values")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[-1])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.images.shape[1]), int(self.images.shape[2])
+
+    def indices(self, cls: int, split: int | None = None) -> np.ndarray:
+        """Indices of class ``cls`` (optionally only its ``TRAIN`` or ``TEST`` images), ascending."""
+        mask = self.labels == cls
+        if split is not None:
+            mask &= self.split == split
+        return np.flatnonzero(mask)
+
+
+def train_mean_std(images: np.ndarray, split: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (in [0, 1] units) of the TRAIN images.
+
+    images: uint8 [N, H, W, C]; split: int8 [N]. Returns (mean, std), C floats each (std >= 1e-6).
+    Computed in float64 one channel at a time to keep memory at one channel's copy.
+    """
+    train = images[split == TRAIN] if (split == TRAIN).any() else images
+    mean, std = [], []
+    for c in range(images.shape[-1]):
+        x = train[..., c].astype(np.float64) / 255.0
+        mean.append(float(x.mean()))
+        std.append(max(float(x.std()), 1e-6))
+    return tuple(mean), tuple(std)
