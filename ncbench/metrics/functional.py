@@ -1,0 +1,231 @@
+"""Functional collapse metrics (DESIGN.md §1–§2): arrays in, Python floats out.
+
+Inputs are torch tensors (any device, any float dtype) or numpy arrays; ``features: [N, m]``,
+``labels: [N]`` any integer values; classes are taken in sorted label order and classifier rows
+(``weight: [K, m]``, ``bias: [K]``) follow that order. Work is float64, in row chunks.
+
+Each function runs the same two passes as the streaming accumulators of
+:mod:`ncbench.metrics.streaming` over the whole input: pass 1 (:class:`ClassStatistics`) gives the
+class means and per-class variances, pass 2 (:class:`ReferencedStatistics`) measures samples against
+the final means (NC1 / test-collapse projections, nearest-mean decisions, NC4).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ncbench.metrics.info import metric
+from ncbench.metrics.kernels import (
+    as_features,
+    as_labels,
+    codes_in,
+    compute_device,
+    encode_labels,
+    mean_over_pairs,
+    nc2_values,
+)
+from ncbench.metrics.streaming import ClassStatistics, ReferencedStatistics, report
+
+
+def _class_statistics(features, labels, names: tuple[str, str] = ("features", "labels")) -> ClassStatistics:
+    """Pass 1 over ``features: [N, m]`` with ``labels: [N]`` (validated under the caller's argument names)."""
+    f = as_features(features, names[0])
+    y = as_labels(labels, f.shape[0], compute_device(f), names[1])
+    classes, _ = encode_labels(y, names[1])
+    stats = ClassStatistics(classes, within_scatter=False)
+    stats.update(f, y)
+    return stats
+
+
+def _referenced(stats: ClassStatistics, features, labels=None, names=("features", "labels"),
+                **options) -> ReferencedStatistics:
+    """Pass 2 of ``features: [N, m]`` (optional ``labels: [N]``) against ``stats``' means, updated."""
+    f = as_features(features, names[0])
+    if f.shape[1] != stats.means.shape[1]:
+        raise ValueError(f"{names[0]} have {f.shape[1]} columns, expected {stats.means.shape[1]} "
+                         "like the train features")
+    y = None if labels is None else as_labels(labels, f.shape[0], stats.classes.device, names[1])
+    if y is not None:
+        codes_in(stats.classes, y, names[1])  # unknown labels: an error that names the argument
+    passed = stats.referenced(**options)
+    passed.update(f, y)
+    return passed
+
+
+@metric("cdnv", higher_is_better=False)
+def cdnv(features, labels) -> float:
+    """Class-distance normalised variance: mean over unordered class pairs of (Var_i + Var_j) / (2‖μ_i − μ_j‖²).
+
+    features: [N, m] float; labels: [N] int. Var_k is biased (divides by N_k).
+    """
+    return mean_over_pairs(cdnv_matrix(features, labels))
+
+
+def cdnv_matrix(features, labels) -> torch.Tensor:
+    """All-pairs CDNV: features [N, m], labels [N] -> float64 tensor [K, K] (zero diagonal, sorted classes)."""
+    return _class_statistics(features, labels).cdnv_matrix()
+
+
+@metric("nc1", higher_is_better=False)
+def nc1(features, labels) -> float:
+    """NC1 within-class variability collapse: (1/K) tr(Σ_W Σ_B^†), Σ_B inverted on its top min(K−1, m) eigenpairs.
+
+    features: [N, m] float; labels: [N] int.
+    """
+    stats = _class_statistics(features, labels)
+    return _referenced(stats, features, labels, collapse=True, nearest=False).compute()["strong_test_collapse"]
+
+
+@metric("nc2", higher_is_better=False)
+def nc2(features, labels) -> float:
+    """NC2 convergence of centred class means to a simplex ETF: ‖MMᵀ/‖MMᵀ‖_F − (I − 11ᵀ/K)/√(K−1)‖_F.
+
+    features: [N, m] float; labels: [N] int; M rows are the unit-normalised centred class means.
+    """
+    return nc2_values(_class_statistics(features, labels).means)["nc2"]
+
+
+@metric("nc2_equinorm", higher_is_better=False)
+def nc2_equinorm(features, labels) -> float:
+    """NC2 equinorm: std / mean over classes of ‖μ_k − μ_G‖ (std with K − 1 as in Papyan et al.'s code).
+
+    features: [N, m] float; labels: [N] int.
+    """
+    return nc2_values(_class_statistics(features, labels).means)["nc2_equinorm"]
+
+
+@metric("nc2_equiangularity", higher_is_better=False)
+def nc2_equiangularity(features, labels) -> float:
+    """NC2 equiangularity: mean over class pairs of |cos(μ_i − μ_G, μ_j − μ_G) + 1/(K − 1)|.
+
+    features: [N, m] float; labels: [N] int.
+    """
+    return nc2_values(_class_statistics(features, labels).means)["nc2_equiangularity"]
+
+
+@metric("nc3", higher_is_better=False)
+def nc3(features, labels, weight) -> float:
+    """NC3 self-duality of classifier and class means: ‖AMᵀ/‖AMᵀ‖_F − (I − 11ᵀ/K)/√(K−1)‖_F.
+
+    features: [N, m] float; labels: [N] int; weight: [K, m] float, rows in sorted class order.
+    """
+    return _class_statistics(features, labels).compute(weight)["nc3"]
+
+
+@metric("nc4", higher_is_better=False)
+def nc4(features, labels, weight, bias=None) -> float:
+    """NC4 disagreement of the classifier with the nearest-class-mean rule: fraction of samples where they differ.
+
+    features: [N, m] float; labels: [N] int (for the means); weight: [K, m]; bias: [K] or None.
+    """
+    stats = _class_statistics(features, labels)
+    return _referenced(stats, features, weight=weight, bias=bias, collapse=False, nearest=True).compute()["nc4"]
+
+
+@metric("ncc_accuracy", higher_is_better=True)
+def ncc_accuracy(train_features, train_labels, test_features, test_labels) -> float:
+    """Nearest-class-mean accuracy of test samples, with class means from the train (support) samples.
+
+    train_features: [N, m]; train_labels: [N]; test_features: [T, m]; test_labels: [T] among train_labels.
+    """
+    stats = _class_statistics(train_features, train_labels, ("train_features", "train_labels"))
+    return _referenced(stats, test_features, test_labels, ("test_features", "test_labels"),
+                       collapse=False, nearest=True).compute()["ncc_accuracy"]
+
+
+@metric("strong_test_collapse", higher_is_better=False)
+def strong_test_collapse(train_features, train_labels, test_features, test_labels) -> float:
+    """Strong test collapse: NC1 of test samples grouped by their true labels around the train class means.
+
+    train_features: [N, m]; train_labels: [N]; test_features: [T, m]; test_labels: [T] among train_labels.
+    Σ_B comes from the train means.
+    """
+    stats = _class_statistics(train_features, train_labels, ("train_features", "train_labels"))
+    return _referenced(stats, test_features, test_labels, ("test_features", "test_labels"),
+                       collapse=True, nearest=False).compute()["strong_test_collapse"]
+
+
+@metric("weak_test_collapse", higher_is_better=False)
+def weak_test_collapse(train_features, train_labels, test_features) -> float:
+    """Weak test collapse: NC1 of test samples grouped by their nearest train class mean, around those means.
+
+    train_features: [N, m]; train_labels: [N]; test_features: [T, m]. Σ_B comes from the train means.
+    """
+    stats = _class_statistics(train_features, train_labels, ("train_features", "train_labels"))
+    return _referenced(stats, test_features, names=("test_features", "test_labels"),
+                       collapse=True, nearest=True).compute()["weak_test_collapse"]
+
+
+def _layer_passes(layer_features: Sequence, labels) -> list[tuple[ClassStatistics, dict[str, float]]]:
+    """Pass 1 and the NCC pass of each layer's own train means."""
+    if isinstance(layer_features, (torch.Tensor, np.ndarray)) or len(layer_features) == 0:
+        raise ValueError("layer_features must be a non-empty list of [N, m_l] arrays, one per layer")
+    out = []
+    for i, feats in enumerate(layer_features):
+        names = (f"layer_features[{i}]", "labels")
+        stats = _class_statistics(feats, labels, names)
+        out.append((stats, _referenced(stats, feats, labels, names, collapse=False, nearest=True).compute()))
+    return out
+
+
+def _depth(errors: list[float], eps: float) -> int:
+    """1-based index of the first error ≤ eps, else the number of layers."""
+    return next((i + 1 for i, e in enumerate(errors) if e <= eps), len(errors))
+
+
+def _check_eps(eps: float) -> None:
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"eps must be an error rate in [0, 1], got {eps}")
+
+
+@metric("effective_depth", higher_is_better=None)
+def effective_depth(layer_features: Sequence, labels, eps: float = 0.01) -> int:
+    """ε-effective depth: the first layer (1-based) whose NCC train error, with its own class means, is ≤ eps.
+
+    layer_features: list of L arrays [N, m_l] (layer 1 first); labels: [N] int. Returns L if none is.
+    """
+    _check_eps(eps)
+    return _depth([1.0 - passed["ncc_accuracy"] for _, passed in _layer_passes(layer_features, labels)], eps)
+
+
+def layer_curves(layer_features: Sequence, labels, eps: float = 0.01) -> dict:
+    """Per-layer collapse curves: ``ncc_error`` (list[float], NCC train error with the layer's own means),
+    ``cdnv`` (list[float]) and ``effective_depth`` (int, 1-based, as :func:`effective_depth`).
+
+    layer_features: list of L arrays [N, m_l] (layer 1 first); labels: [N] int.
+    """
+    _check_eps(eps)
+    passes = _layer_passes(layer_features, labels)
+    errors = [1.0 - passed["ncc_accuracy"] for _, passed in passes]
+    return {
+        "ncc_error": errors,
+        "cdnv": [mean_over_pairs(stats.cdnv_matrix()) for stats, _ in passes],
+        "effective_depth": _depth(errors, eps),
+    }
+
+
+def collapse_report(train_features, train_labels, test_features=None, test_labels=None, weight=None,
+                    bias=None) -> dict[str, float]:
+    """All source metrics from one set of class statistics (means computed once).
+
+    train_features: [N, m]; train_labels: [N]; test_features: [T, m] and test_labels: [T] (together, or
+    neither); weight: [K, m] and bias: [K] optional classifier. Keys: ``cdnv_train``, ``nc1``, ``nc2``,
+    ``nc2_equinorm``, ``nc2_equiangularity``, ``ncc_train_acc``; with weight ``nc3``, ``nc4``; with test data
+    ``cdnv_test`` (test features around their own means), ``ncc_test_acc``, ``strong_test_collapse``,
+    ``weak_test_collapse``. Values are Python floats.
+    """
+    if (test_features is None) != (test_labels is None):
+        raise ValueError("test_features and test_labels must be given together")
+    train_names = ("train_features", "train_labels")
+    train = _class_statistics(train_features, train_labels, train_names)
+    train_pass = _referenced(train, train_features, train_labels, train_names, weight=weight, bias=bias)
+    test = test_pass = None
+    if test_features is not None:
+        test_names = ("test_features", "test_labels")
+        test = _class_statistics(test_features, test_labels, test_names)
+        test_pass = _referenced(train, test_features, test_labels, test_names)
+    return report(train, train_pass, test, test_pass)
+

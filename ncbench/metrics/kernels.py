@@ -1,0 +1,257 @@
+"""Small float64 kernels shared by the functional metrics and the streaming accumulators.
+
+Everything here works on class statistics (means, per-class variances, within-class scatter) or on
+one row chunk of features at a time, so the same formula serves the two-pass functional forms and the
+one-pass streaming forms. No kernel loops over classes, pairs or samples in Python; the only loop is
+over row chunks, which bounds memory to ``CHUNK_ELEMENTS`` float64 values per intermediate and keeps
+element-wise work in cache.
+
+Shapes: ``N`` samples, ``m`` feature dimensions, ``K`` classes, ``r = min(K - 1, m)`` the rank of
+the between-class covariance.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+DTYPE = torch.float64
+CHUNK_ELEMENTS = 1 << 20  # float64 values per row chunk of an [rows, max(m, K)] intermediate (8 MiB, cache-sized)
+
+
+# ----------------------------------------------------------------------------------------- inputs
+def _as_tensor(x, name: str) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    try:
+        arr = np.asarray(x)
+    except Exception as err:  # ragged lists and other objects numpy cannot read
+        raise ValueError(f"{name} must be a torch tensor or numpy array, got {type(x).__name__}") from err
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 8:  # long double: torch has no such dtype
+        arr = arr.astype(np.float64)
+    return torch.as_tensor(np.ascontiguousarray(arr))
+
+
+def as_features(features, name: str = "features") -> torch.Tensor:
+    """Validate ``features: [N, m]`` real (torch or numpy, any float dtype); returned in its own dtype.
+
+    Float64 conversion happens per row chunk (:func:`row_chunks`), so a float32 input is never copied
+    whole. NaN/inf values raise ``ValueError``.
+    """
+    f = _as_tensor(features, name)
+    if f.is_complex() or f.dtype == torch.bool:
+        raise ValueError(f"{name} must be real-valued, got dtype {f.dtype}")
+    if f.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D [N, m] array, got shape {tuple(f.shape)}")
+    if f.shape[0] == 0 or f.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one sample and one dimension, got shape {tuple(f.shape)}")
+    # one reduction: finite unless a NaN/inf is present or the sum overflows (then look element-wise)
+    if f.is_floating_point() and not bool(torch.isfinite(f.sum())) and not bool(torch.isfinite(f).all()):
+        raise ValueError(f"{name} contains NaN or inf values")
+    return f
+
+
+def as_labels(labels, n: int, device: torch.device, name: str = "labels") -> torch.Tensor:
+    """Validate ``labels: [N]`` integers (any values); returned as int64 on ``device``."""
+    y = _as_tensor(labels, name)
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"{name} must be integers, got dtype {y.dtype}")
+    if y.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D [N] array, got shape {tuple(y.shape)}")
+    if y.shape[0] != n:
+        raise ValueError(f"{name} has {y.shape[0]} entries but the features have {n} rows")
+    return y.to(device=device, dtype=torch.int64)
+
+
+def compute_device(features: torch.Tensor) -> torch.device:
+    """Device the float64 work runs on: the input's own, except MPS (no float64 there) -> CPU."""
+    return torch.device("cpu") if features.device.type == "mps" else features.device
+
+
+def encode_labels(labels: torch.Tensor, name: str = "labels") -> tuple[torch.Tensor, torch.Tensor]:
+    """``labels: [N]`` int64 -> (``classes: [K]`` sorted unique values, ``codes: [N]`` in 0..K-1).
+
+    Raises ``ValueError`` for fewer than 2 classes.
+    """
+    classes, codes = torch.unique(labels, sorted=True, return_inverse=True)
+    if classes.numel() < 2:
+        raise ValueError(f"{name} must contain at least 2 classes, got {classes.tolist()}")
+    return classes, codes
+
+
+def codes_in(classes: torch.Tensor, labels: torch.Tensor, name: str) -> torch.Tensor:
+    """Index of each of ``labels: [N]`` in sorted ``classes: [K]``; ``ValueError`` for unknown labels."""
+    idx = torch.searchsorted(classes, labels).clamp_(max=classes.numel() - 1)
+    unknown = classes[idx] != labels
+    if bool(unknown.any()):
+        missing = torch.unique(labels[unknown])[:10].tolist()
+        raise ValueError(f"{name} contains classes absent from the reference classes: {missing}")
+    return idx
+
+
+def check_weight(weight, bias, num_classes: int, dim: int, device: torch.device):
+    """Validate ``weight: [K, m]`` and optional ``bias: [K]``; returned float64 on ``device``."""
+    a = as_features(weight, "weight").to(device=device, dtype=DTYPE)
+    if tuple(a.shape) != (num_classes, dim):
+        raise ValueError(f"weight must have shape [K, m] = [{num_classes}, {dim}] (rows in sorted class order), "
+                         f"got {tuple(a.shape)}")
+    if bias is None:
+        return a, None
+    b = _as_tensor(bias, "bias")
+    if b.is_complex() or b.dtype == torch.bool or tuple(b.shape) != (num_classes,):
+        raise ValueError(f"bias must be a real [K] = [{num_classes}] vector, got {b.dtype} {tuple(b.shape)}")
+    b = b.to(device=device, dtype=DTYPE)
+    if not bool(torch.isfinite(b).all()):
+        raise ValueError("bias contains NaN or inf values")
+    return a, b
+
+
+def row_chunks(features: torch.Tensor, width: int, device: torch.device) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Yield ``(rows, chunk)`` with ``chunk: [rows, m]`` float64 on ``device``.
+
+    The chunk height keeps a ``[rows, width]`` intermediate under ``CHUNK_ELEMENTS`` values.
+    """
+    n = features.shape[0]
+    step = max(1, CHUNK_ELEMENTS // max(width, 1))
+    for start in range(0, n, step):
+        rows = slice(start, min(n, start + step))
+        yield rows, features[rows].to(device=device, dtype=DTYPE)
+
+
+# ------------------------------------------------------------------------------- class statistics
+def check_counts(counts: torch.Tensor, classes: torch.Tensor) -> None:
+    """Raise ``ValueError`` naming the classes with no samples."""
+    empty = counts == 0
+    if bool(empty.any()):
+        raise ValueError(f"classes with no samples: {classes[empty.to(classes.device)][:10].tolist()}")
+
+
+def deviations(chunk: torch.Tensor, codes: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+    """Rows f − μ_y: ``chunk: [n, m]``, ``codes: [n]``, ``means: [K, m]`` -> new ``[n, m]`` tensor."""
+    return torch.index_select(means, 0, codes).neg_().add_(chunk)
+
+
+def centred(means: torch.Tensor) -> torch.Tensor:
+    """``means: [K, m]`` -> ``[K, m]`` rows μ_k − μ_G, μ_G the unweighted mean of class means."""
+    return means - means.mean(0, keepdim=True)
+
+
+# ------------------------------------------------------------------------------------------- CDNV
+def cdnv_pairs(variances: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+    """CDNV of all pairs: ``variances: [K]`` (biased Var_k), ``means: [K, m]`` -> ``[K, K]``, zero diagonal.
+
+    V(i, j) = (Var_i + Var_j) / (2 ‖μ_i − μ_j‖²), distances from one K×K Gram of centred means.
+    Coinciding means give inf. The Gram expansion loses relative accuracy ~1e-16·‖μ − μ_G‖² / ‖μ_i − μ_j‖²
+    for pairs much closer to each other than to the global mean.
+    """
+    mc = centred(means)
+    gram = mc @ mc.T
+    sq = gram.diagonal()
+    dist2 = (sq[:, None] + sq[None, :] - 2.0 * gram).clamp_(min=0.0)
+    num = variances[:, None] + variances[None, :]
+    pairs = torch.where(dist2 > 0, num / (2.0 * dist2), torch.full_like(dist2, float("inf")))
+    pairs.fill_diagonal_(0.0)
+    if bool(torch.isinf(pairs).any()):
+        logger.warning("two or more class means coincide: their CDNV is infinite")
+    return pairs
+
+
+def mean_over_pairs(matrix: torch.Tensor) -> float:
+    """Mean of the strict upper triangle (the K(K−1)/2 unordered pairs) of ``matrix: [K, K]``."""
+    k = matrix.shape[0]
+    iu = torch.triu_indices(k, k, offset=1, device=matrix.device)
+    return float(matrix[iu[0], iu[1]].mean())
+
+
+# -------------------------------------------------------------------------------------------- NC1
+def between_eigen(means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top eigenpairs of Σ_B = (1/K) Σ_k (μ_k − μ_G)(μ_k − μ_G)ᵀ with an explicit rank cut.
+
+    ``means: [K, m]`` -> (``values: [r]``, ``vectors: [m, r]`` orthonormal), r = min(K − 1, m).
+    When m ≥ K the pairs come from the K×K Gram matrix Mc Mcᵀ / K (Σ_B v = λ v with v = Mcᵀu / √(Kλ)),
+    so no m×m matrix is formed; otherwise from the m×m Σ_B itself.
+    """
+    k, m = means.shape
+    mc = centred(means)
+    r = min(k - 1, m)
+    if m >= k:
+        vals, u = torch.linalg.eigh(mc @ mc.T / k)
+        vals, u = vals[-r:], u[:, -r:]
+        vecs = (mc.T @ u) / torch.sqrt(k * vals.clamp(min=torch.finfo(DTYPE).tiny))
+    else:
+        vals, vecs = torch.linalg.eigh(mc.T @ mc / k)
+        vals, vecs = vals[-r:], vecs[:, -r:]
+    return vals, vecs
+
+
+def nc1_value(within_along: torch.Tensor, values: torch.Tensor, num_classes: int) -> float:
+    """NC1 = (1/K) tr(Σ_W Σ_B^†) = (1/K) Σ_i v_iᵀ Σ_W v_i / λ_i.
+
+    ``within_along: [r]`` the v_iᵀ Σ_W v_i, ``values: [r]`` the λ_i from :func:`between_eigen`.
+    A non-positive kept eigenvalue (class means in a subspace of dimension < r) gives inf.
+    """
+    if bool((values <= 0).any()):
+        logger.warning("between-class covariance has rank below min(K-1, m): NC1 is infinite")
+        return float("inf")
+    return float((within_along / values).sum()) / num_classes
+
+
+# ------------------------------------------------------------------------------------ NC2 and NC3
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x: [K, m]`` -> rows divided by their norms (a zero row gives NaN)."""
+    return x / torch.linalg.vector_norm(x, dim=1, keepdim=True)
+
+
+def etf_distance(gram: torch.Tensor) -> float:
+    """‖G/‖G‖_F − (I_K − 11ᵀ/K)/√(K−1)‖_F for ``gram: [K, K]`` (NC2 with MMᵀ, NC3 with AMᵀ)."""
+    k = gram.shape[0]
+    etf = (torch.eye(k, dtype=DTYPE, device=gram.device) - 1.0 / k) / (k - 1) ** 0.5
+    return float(torch.linalg.matrix_norm(gram / torch.linalg.matrix_norm(gram) - etf))
+
+
+def nc2_values(means: torch.Tensor) -> dict[str, float]:
+    """``means: [K, m]`` -> ``nc2``, ``nc2_equinorm`` (std/mean of ‖μ_k − μ_G‖, std with K − 1) and
+    ``nc2_equiangularity`` (mean over pairs i ≠ j of |cos(μ_i − μ_G, μ_j − μ_G) + 1/(K − 1)|)."""
+    k = means.shape[0]
+    mc = centred(means)
+    norms = torch.linalg.vector_norm(mc, dim=1)
+    unit = unit_rows(mc)
+    cos = unit @ unit.T
+    off = ~torch.eye(k, dtype=torch.bool, device=means.device)
+    return {
+        "nc2": etf_distance(cos),
+        "nc2_equinorm": float(norms.std() / norms.mean()),
+        "nc2_equiangularity": float((cos[off] + 1.0 / (k - 1)).abs().mean()),
+    }
+
+
+def nc3_value(weight: torch.Tensor, means: torch.Tensor) -> float:
+    """NC3 from ``weight: [K, m]`` (rows in sorted class order) and ``means: [K, m]``."""
+    return etf_distance(weight @ unit_rows(centred(means)).T)
+
+
+# ------------------------------------------------------------------------ nearest-mean decisions
+def nearest_mean(chunk: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest class mean (Euclidean): ``chunk: [n, m]``, ``means: [K, m]`` -> ``[n]``.
+
+    Both are shifted by μ_G first so the expansion ‖f‖² − 2⟨f, μ⟩ + ‖μ‖² does not lose the small
+    distances of tight classes far from the origin.
+    """
+    g = means.mean(0, keepdim=True)
+    mc = means - g
+    return torch.argmax(2.0 * ((chunk - g) @ mc.T) - mc.square().sum(1), dim=1)
+
+
+def classifier_argmax(chunk: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """argmax_c ⟨a_c, f⟩ + b_c: ``chunk: [n, m]``, ``weight: [K, m]``, ``bias: [K]`` or None -> ``[n]``."""
+    logits = chunk @ weight.T
+    if bias is not None:
+        logits += bias
+    return torch.argmax(logits, dim=1)

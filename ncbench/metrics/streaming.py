@@ -1,0 +1,312 @@
+"""Streaming accumulators (torchmetrics-style ``update`` / ``compute``) over batches of features.
+
+Two passes, because NC4, NCC accuracy and test collapse compare samples with the *final* train means:
+
+1. :class:`ClassStatistics` — one pass over the train batches. Holds per-class counts ``[K]``, means
+   ``[K, m]``, summed squared deviations ``[K]`` and (optionally) the pooled within-class scatter
+   ``[m, m]``: O(K·m + m²) memory. Batches are merged exactly with Chan et al.'s pairwise update
+   (each batch is centred on its own class means first, everything relative to the first sample seen),
+   so tight classes far from the origin keep their variance — no one-pass E‖f‖² − ‖μ‖² cancellation.
+   ``compute()`` gives CDNV, NC1, NC2 (+ NC3 with a classifier weight).
+2. :class:`ReferencedStatistics` — built from pass 1 (``stats.referenced(weight, bias)``), one more
+   pass over any batches (train or test) measured against the fixed reference means. Besides the
+   reference (means ``[K, m]``, Σ_B eigenvectors ``[m, r]``, classifier) it accumulates O(r) numbers:
+   NCC accuracy, NC4, strong / weak test collapse (on the train data itself strong collapse is NC1
+   with exact two-pass deviations).
+
+:func:`report` turns both passes over train (and optionally test) data into the dict of
+:func:`ncbench.metrics.collapse_report`, which is itself computed this way.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ncbench.metrics.kernels import (
+    DTYPE,
+    as_features,
+    as_labels,
+    between_eigen,
+    cdnv_pairs,
+    check_counts,
+    check_weight,
+    classifier_argmax,
+    codes_in,
+    compute_device,
+    deviations,
+    mean_over_pairs,
+    nc1_value,
+    nc2_values,
+    nc3_value,
+    nearest_mean,
+    row_chunks,
+)
+
+
+class ClassStatistics:
+    """Pass-1 accumulator: per-class counts, means, squared deviations and within-class scatter.
+
+    classes:        optional ``[K]`` integer label values known in advance; labels outside raise. When
+                    omitted, classes are added as they appear (kept in sorted label order).
+    within_scatter: keep the ``[m, m]`` pooled within-class scatter needed by :meth:`compute`'s NC1;
+                    turn off for very wide features (flattened conv maps) when NC1 is not wanted.
+    """
+
+    def __init__(self, classes=None, within_scatter: bool = True):
+        self.within_scatter = within_scatter
+        self._fixed = classes is not None
+        self._classes = None
+        if classes is not None:
+            self._classes = torch.unique(as_labels(classes, len(classes), torch.device("cpu"), "classes"))
+        self._counts = self._means = self._sq = self._scatter = self._shift = None
+
+    # -------------------------------------------------------------------------------- update
+    def update(self, features, labels) -> None:
+        """Add one batch: ``features: [n, m]`` (torch/numpy, any float dtype), ``labels: [n]`` integers."""
+        f = as_features(features)
+        device = compute_device(f)
+        y = as_labels(labels, f.shape[0], device)
+        if self._means is None:
+            self._allocate(f.shape[1], device)
+        elif f.shape[1] != self._means.shape[1]:
+            raise ValueError(f"features have {f.shape[1]} columns but earlier batches had {self._means.shape[1]}")
+        codes = self._codes(y.to(self._means.device))
+        k, device = self._classes.numel(), self._means.device
+        # the batch's own two-pass statistics (relative to the first sample seen: no large offsets) ...
+        counts = torch.bincount(codes, minlength=k).to(DTYPE)
+        sums = torch.zeros(k, f.shape[1], dtype=DTYPE, device=device)
+        for rows, chunk in row_chunks(f, f.shape[1], device):
+            if self._shift is None:
+                self._shift = chunk[0].clone()
+            sums.index_add_(0, codes[rows], chunk - self._shift)
+        means = sums / counts.clamp(min=1)[:, None]
+        sq = torch.zeros(k, dtype=DTYPE, device=device)
+        scatter = None if self._scatter is None else torch.zeros_like(self._scatter)
+        for rows, chunk in row_chunks(f, f.shape[1], device):
+            dev = deviations(chunk - self._shift, codes[rows], means)
+            if scatter is not None:
+                scatter += dev.T @ dev
+            sq.index_add_(0, codes[rows], dev.square_().sum(1))
+        # ... merged into the running ones
+        self._merge(counts, means, sq, scatter)
+
+    def _allocate(self, dim: int, device: torch.device) -> None:
+        if self._classes is None:  # discovered as they come
+            self._classes = torch.zeros(0, dtype=torch.int64)
+        self._classes = self._classes.to(device)
+        k = self._classes.numel()
+        self._counts = torch.zeros(k, dtype=DTYPE, device=device)
+        self._means = torch.zeros(k, dim, dtype=DTYPE, device=device)
+        self._sq = torch.zeros(k, dtype=DTYPE, device=device)
+        if self.within_scatter:
+            self._scatter = torch.zeros(dim, dim, dtype=DTYPE, device=device)
+
+    def _codes(self, labels: torch.Tensor) -> torch.Tensor:
+        if self._fixed:
+            return codes_in(self._classes, labels, "labels")
+        merged = torch.unique(torch.cat([self._classes, labels]))
+        if merged.numel() != self._classes.numel():  # new classes: re-index the per-class rows
+            old = torch.searchsorted(merged, self._classes)
+            k, dim = merged.numel(), self._means.shape[1]
+            for attr, shape in (("_counts", (k,)), ("_means", (k, dim)), ("_sq", (k,))):
+                grown = torch.zeros(shape, dtype=DTYPE, device=merged.device)
+                grown[old] = getattr(self, attr)
+                setattr(self, attr, grown)
+            self._classes = merged
+        return torch.searchsorted(self._classes, labels)
+
+    def _merge(self, b_counts: torch.Tensor, b_means: torch.Tensor, b_sq: torch.Tensor,
+               b_scatter: torch.Tensor | None) -> None:
+        """Chan et al. pairwise merge of a batch's class statistics (``b_means`` relative to the shift)."""
+        total = self._counts + b_counts
+        share = b_counts / total.clamp(min=1)  # weight of the batch in the merged mean
+        delta = b_means - self._means
+        cross = self._counts * share  # n_a n_b / (n_a + n_b)
+        self._means += delta * share[:, None]
+        self._sq += b_sq + cross * delta.square().sum(1)
+        if b_scatter is not None:
+            both = cross > 0
+            d = delta[both]
+            self._scatter += b_scatter + (d * cross[both, None]).T @ d
+        self._counts = total
+
+    # ------------------------------------------------------------------------------- results
+    @property
+    def classes(self) -> torch.Tensor:
+        """``[K]`` int64 label values in sorted order."""
+        self._check_ready()
+        return self._classes
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """``[K]`` float64 samples per class."""
+        self._check_ready()
+        return self._counts
+
+    @property
+    def means(self) -> torch.Tensor:
+        """``[K, m]`` float64 class means (rows in sorted class order)."""
+        self._check_ready()
+        return self._means + self._shift
+
+    def _check_ready(self) -> None:
+        if self._means is None:
+            raise ValueError("ClassStatistics has seen no samples: call update() first")
+        if self._classes.numel() < 2:
+            raise ValueError(f"labels must contain at least 2 classes, got {self._classes.tolist()}")
+        check_counts(self._counts, self._classes)
+
+    def cdnv_matrix(self) -> torch.Tensor:
+        """``[K, K]`` float64 pairwise CDNV (zero diagonal)."""
+        return cdnv_pairs(self.variances(), self.means)
+
+    def variances(self) -> torch.Tensor:
+        """``[K]`` float64 biased class variances Var_k = (1/N_k) Σ ‖f − μ_k‖²."""
+        return self._sq / self.counts
+
+    def within_covariance(self) -> torch.Tensor:
+        """``[m, m]`` float64 Σ_W = (1/N) Σ_i (f_i − μ_{y_i})(f_i − μ_{y_i})ᵀ."""
+        if self._scatter is None:
+            raise ValueError("within_covariance needs ClassStatistics(within_scatter=True)")
+        return self._scatter / self.counts.sum()
+
+    def compute(self, weight=None) -> dict[str, float]:
+        """``cdnv``, ``nc1`` (if ``within_scatter``), ``nc2``, ``nc2_equinorm``, ``nc2_equiangularity``,
+        and ``nc3`` when ``weight: [K, m]`` (rows in sorted class order) is given."""
+        means = self.means
+        out = {"cdnv": mean_over_pairs(self.cdnv_matrix())}
+        if self._scatter is not None:
+            vals, vecs = between_eigen(means)
+            out["nc1"] = nc1_value(((self.within_covariance() @ vecs) * vecs).sum(0), vals, means.shape[0])
+        out.update(nc2_values(means))
+        if weight is not None:
+            a, _ = check_weight(weight, None, *means.shape, means.device)
+            out["nc3"] = nc3_value(a, means)
+        return out
+
+    def referenced(self, weight=None, bias=None, *, collapse: bool = True,
+                   nearest: bool = True) -> ReferencedStatistics:
+        """The pass-2 accumulator against this pass's final class means (see :class:`ReferencedStatistics`)."""
+        return ReferencedStatistics(self.classes, self.means, weight, bias, collapse=collapse, nearest=nearest)
+
+    def reset(self) -> None:
+        """Forget all batches (classes given at construction are kept)."""
+        if not self._fixed:
+            self._classes = None
+        self._counts = self._means = self._sq = self._scatter = self._shift = None
+
+
+class ReferencedStatistics:
+    """Pass-2 accumulator: samples measured against fixed reference class means.
+
+    classes: ``[K]`` sorted integer label values; means: ``[K, m]`` reference (train) class means;
+    weight ``[K, m]`` / bias ``[K]``: optional classifier for NC4 (rows in sorted class order).
+    collapse: project deviations on the top-r eigenvectors of the reference Σ_B (strong / weak test
+    collapse); nearest: nearest-mean decisions (NCC accuracy, weak collapse, NC4).
+
+    ``update(features, labels=None)``; ``compute()`` returns whichever of ``ncc_accuracy`` (labels,
+    nearest), ``strong_test_collapse`` (labels, collapse), ``weak_test_collapse`` (nearest, collapse),
+    ``nc4`` (weight) apply.
+    """
+
+    def __init__(self, classes, means, weight=None, bias=None, *, collapse: bool = True,
+                 nearest: bool = True):
+        self.means = as_features(means, "means").to(dtype=DTYPE)
+        self.means = self.means.to(compute_device(self.means))
+        k, dim = self.means.shape
+        device = self.means.device
+        self.classes = as_labels(classes, k, device, "classes")
+        if k < 2 or not bool((self.classes[1:] > self.classes[:-1]).all()):
+            raise ValueError("classes must be at least 2 distinct values in increasing order, "
+                             f"got {self.classes.tolist()[:10]}")
+        if weight is None and bias is not None:
+            raise ValueError("bias given without weight")
+        if weight is not None and not nearest:
+            raise ValueError("NC4 (weight given) needs nearest=True")
+        self.weight, self.bias = (None, None) if weight is None else check_weight(weight, bias, k, dim, device)
+        self.nearest = nearest
+        self._vals, self._vecs = between_eigen(self.means) if collapse else (None, None)
+        r = 0 if self._vecs is None else self._vecs.shape[1]
+        self._n = 0
+        self._labelled: bool | None = None
+        self._along_true = torch.zeros(r, dtype=DTYPE, device=device)
+        self._along_pred = torch.zeros(r, dtype=DTYPE, device=device)
+        self._correct = 0
+        self._mismatch = 0
+
+    def update(self, features, labels=None) -> None:
+        """Add one batch: ``features: [n, m]``; ``labels: [n]`` (values among ``classes``) or None."""
+        f = as_features(features)
+        k, dim = self.means.shape
+        if f.shape[1] != dim:
+            raise ValueError(f"features have {f.shape[1]} columns but the reference means have {dim}")
+        if self._labelled is not None and self._labelled != (labels is not None):
+            raise ValueError("labels must be given for every batch or for none")
+        self._labelled = labels is not None
+        device = self.means.device
+        codes = None if labels is None else codes_in(self.classes, as_labels(labels, f.shape[0], device), "labels")
+        for rows, chunk in row_chunks(f, max(dim, k), device):
+            self._n += chunk.shape[0]
+            if codes is not None:
+                c = codes[rows]
+                if self._vecs is not None:
+                    true_sq = (deviations(chunk, c, self.means) @ self._vecs).square_()
+                    self._along_true += true_sq.sum(0)
+            if not self.nearest:
+                continue
+            pred = nearest_mean(chunk, self.means)
+            if codes is not None:
+                hit = pred == c
+                self._correct += int(hit.sum())
+            if self.weight is not None:
+                self._mismatch += int((classifier_argmax(chunk, self.weight, self.bias) != pred).sum())
+            if self._vecs is not None:
+                if codes is not None:  # correctly predicted rows deviate from the same mean: reuse them
+                    self._along_pred += true_sq[hit].sum(0)
+                    chunk, pred = chunk[~hit], pred[~hit]
+                self._along_pred += (deviations(chunk, pred, self.means) @ self._vecs).square_().sum(0)
+
+    def compute(self) -> dict[str, float]:
+        """Fractions and collapse values over all batches seen (see the class docstring for keys)."""
+        if self._n == 0:
+            raise ValueError("ReferencedStatistics has seen no samples: call update() first")
+        k = self.means.shape[0]
+        out: dict[str, float] = {}
+        if self._labelled and self.nearest:
+            out["ncc_accuracy"] = self._correct / self._n
+        if self._labelled and self._vecs is not None:
+            out["strong_test_collapse"] = nc1_value(self._along_true / self._n, self._vals, k)
+        if self.nearest and self._vecs is not None:
+            out["weak_test_collapse"] = nc1_value(self._along_pred / self._n, self._vals, k)
+        if self.weight is not None:
+            out["nc4"] = self._mismatch / self._n
+        return out
+
+
+def report(train: ClassStatistics, train_pass: ReferencedStatistics, test: ClassStatistics | None = None,
+           test_pass: ReferencedStatistics | None = None) -> dict[str, float]:
+    """The :func:`ncbench.metrics.collapse_report` dict from streamed passes.
+
+    train: pass 1 over the train batches (``within_scatter`` not needed); train_pass: ``train.referenced(
+    weight, bias)`` updated with the train batches and labels; test: pass 1 over the test batches (its
+    own means, for ``cdnv_test``); test_pass: ``train.referenced()`` updated with the test batches and labels.
+    NC1 comes from ``train_pass`` (two-pass deviations), so ``train`` needs no ``[m, m]`` scatter.
+    """
+    means = train.means
+    out = {"cdnv_train": mean_over_pairs(train.cdnv_matrix())}
+    passed = train_pass.compute()
+    out["nc1"] = passed["strong_test_collapse"]
+    out.update(nc2_values(means))
+    out["ncc_train_acc"] = passed["ncc_accuracy"]
+    if train_pass.weight is not None:
+        out["nc3"] = nc3_value(train_pass.weight, means)
+        out["nc4"] = passed["nc4"]
+    if (test is None) != (test_pass is None):
+        raise ValueError("test and test_pass must be given together")
+    if test is not None:
+        out["cdnv_test"] = mean_over_pairs(test.cdnv_matrix())
+        tested = test_pass.compute()
+        out["ncc_test_acc"] = tested["ncc_accuracy"]
+        out["strong_test_collapse"] = tested["strong_test_collapse"]
+        out["weak_test_collapse"] = tested["weak_test_collapse"]
+    return {key: float(value) for key, value in out.items()}

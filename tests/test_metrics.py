@@ -1,0 +1,449 @@
+"""ncbench.metrics against brute-force numpy float64 references (loops over samples and pairs,
+written here independently of the library) and against closed forms."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+import ncbench.metrics as M
+from ncbench.metrics import kernels
+from ncbench.registry import METRICS
+
+RTOL = 1e-9
+
+
+# ------------------------------------------------------------------------ brute-force references
+def bf_means(F, y):
+    classes = sorted(set(y.tolist()))
+    index = {c: k for k, c in enumerate(classes)}
+    sums = np.zeros((len(classes), F.shape[1]))
+    counts = np.zeros(len(classes))
+    for f, label in zip(F, y):
+        sums[index[label]] += f
+        counts[index[label]] += 1
+    return classes, index, sums / counts[:, None], counts
+
+
+def bf_cdnv_matrix(F, y):
+    classes, index, mu, counts = bf_means(F, y)
+    var = np.zeros(len(classes))
+    for f, label in zip(F, y):
+        var[index[label]] += np.sum((f - mu[index[label]]) ** 2)
+    var /= counts
+    K = len(classes)
+    V = np.zeros((K, K))
+    for i, j in itertools.combinations(range(K), 2):
+        V[i, j] = V[j, i] = (var[i] + var[j]) / (2 * np.sum((mu[i] - mu[j]) ** 2))
+    return V
+
+
+def bf_cdnv(F, y):
+    V = bf_cdnv_matrix(F, y)
+    pairs = list(itertools.combinations(range(len(V)), 2))
+    return sum(V[i, j] for i, j in pairs) / len(pairs)
+
+
+def bf_sigma_b_pinv(mu):
+    K, m = mu.shape
+    g = mu.mean(0)
+    Sb = sum(np.outer(u - g, u - g) for u in mu) / K
+    vals, vecs = np.linalg.eigh(Sb)
+    r = min(K - 1, m)
+    vals, vecs = vals[::-1][:r], vecs[:, ::-1][:, :r]
+    return (vecs / vals) @ vecs.T
+
+
+def bf_within(F, assigned_means):
+    return sum(np.outer(f - u, f - u) for f, u in zip(F, assigned_means)) / len(F)
+
+
+def bf_nc1(F, y):
+    _, index, mu, _ = bf_means(F, y)
+    Sw = bf_within(F, [mu[index[label]] for label in y])
+    return np.trace(Sw @ bf_sigma_b_pinv(mu)) / len(mu)
+
+
+def bf_unit_centred(mu):
+    c = mu - mu.mean(0)
+    return np.array([row / np.linalg.norm(row) for row in c])
+
+
+def bf_etf_distance(G):
+    K = len(G)
+    target = (np.eye(K) - np.ones((K, K)) / K) / np.sqrt(K - 1)
+    return np.linalg.norm(G / np.linalg.norm(G) - target)
+
+
+def bf_nc2(F, y):
+    Mn = bf_unit_centred(bf_means(F, y)[2])
+    return bf_etf_distance(Mn @ Mn.T)
+
+
+def bf_equinorm(F, y):
+    mu = bf_means(F, y)[2]
+    norms = [np.linalg.norm(u - mu.mean(0)) for u in mu]
+    return np.std(norms, ddof=1) / np.mean(norms)
+
+
+def bf_equiangularity(F, y):
+    Mn = bf_unit_centred(bf_means(F, y)[2])
+    K = len(Mn)
+    terms = [abs(Mn[i] @ Mn[j] + 1 / (K - 1)) for i, j in itertools.combinations(range(K), 2)]
+    return np.mean(terms)
+
+
+def bf_nc3(F, y, W):
+    Mn = bf_unit_centred(bf_means(F, y)[2])
+    return bf_etf_distance(W @ Mn.T)
+
+
+def bf_nearest(f, mu):
+    return min(range(len(mu)), key=lambda k: np.linalg.norm(f - mu[k]))
+
+
+def bf_nc4(F, y, W, b=None):
+    mu = bf_means(F, y)[2]
+    b = np.zeros(len(W)) if b is None else b
+    return np.mean([int(np.argmax(W @ f + b)) != bf_nearest(f, mu) for f in F])
+
+
+def bf_ncc_accuracy(F, y, T, t):
+    classes, _, mu, _ = bf_means(F, y)
+    return np.mean([classes[bf_nearest(f, mu)] == label for f, label in zip(T, t)])
+
+
+def bf_strong(F, y, T, t):
+    _, index, mu, _ = bf_means(F, y)
+    Sw = bf_within(T, [mu[index[label]] for label in t])
+    return np.trace(Sw @ bf_sigma_b_pinv(mu)) / len(mu)
+
+
+def bf_weak(F, y, T):
+    mu = bf_means(F, y)[2]
+    Sw = bf_within(T, [mu[bf_nearest(f, mu)] for f in T])
+    return np.trace(Sw @ bf_sigma_b_pinv(mu)) / len(mu)
+
+
+# ---------------------------------------------------------------------------------------- data
+def make_data(K, m, counts, seed, spread=2.0, label_values=None):
+    """Gaussian classes with random means; labels are arbitrary integers (not 0..K-1), shuffled."""
+    rng = np.random.default_rng(seed)
+    values = np.array(label_values if label_values is not None else rng.choice(1000, K, replace=False) - 500)
+    mu = spread * rng.standard_normal((K, m))
+    y = np.repeat(values, counts)
+    F = mu[np.repeat(np.arange(K), counts)] + rng.standard_normal((len(y), m))
+    order = rng.permutation(len(y))
+    return F[order], y[order]
+
+
+CASES = {
+    "K2": (2, 3, [7, 9]),
+    "m<K": (6, 3, [5, 8, 6, 9, 7, 5]),
+    "m>>K": (3, 80, [10, 12, 9]),
+    "unbalanced": (5, 6, [3, 40, 8, 2, 17]),
+    "square": (4, 4, [12, 12, 12, 12]),
+}
+
+
+@pytest.fixture(params=list(CASES), ids=list(CASES))
+def case(request):
+    K, m, counts = CASES[request.param]
+    seed = list(CASES).index(request.param)
+    F, y = make_data(K, m, counts, seed)
+    T, t = make_data(K, m, [4] * K, seed + 100)
+    t = np.sort(np.unique(y))[np.searchsorted(np.sort(np.unique(t)), t)]  # test labels use the train label values
+    W = np.random.default_rng(seed + 7).standard_normal((K, m))
+    b = np.random.default_rng(seed + 8).standard_normal(K)
+    return F, y, T, t, W, b
+
+
+def close(a, b, rtol=RTOL):
+    return a == pytest.approx(b, rel=rtol, abs=1e-12)
+
+
+# ------------------------------------------------------------------------------ brute-force tests
+def test_functional_matches_brute_force(case):
+    F, y, T, t, W, b = case
+    assert close(M.cdnv(F, y), bf_cdnv(F, y))
+    np.testing.assert_allclose(M.cdnv_matrix(F, y).numpy(), bf_cdnv_matrix(F, y), rtol=RTOL)
+    assert close(M.nc1(F, y), bf_nc1(F, y))
+    assert close(M.nc2(F, y), bf_nc2(F, y))
+    assert close(M.nc2_equinorm(F, y), bf_equinorm(F, y))
+    assert close(M.nc2_equiangularity(F, y), bf_equiangularity(F, y))
+    assert close(M.nc3(F, y, W), bf_nc3(F, y, W))
+    assert M.nc4(F, y, W, b) == bf_nc4(F, y, W, b)
+    assert M.nc4(F, y, W) == bf_nc4(F, y, W)
+    assert M.ncc_accuracy(F, y, T, t) == bf_ncc_accuracy(F, y, T, t)
+    assert close(M.strong_test_collapse(F, y, T, t), bf_strong(F, y, T, t))
+    assert close(M.weak_test_collapse(F, y, T), bf_weak(F, y, T))
+
+
+def test_collapse_report_matches_brute_force(case):
+    F, y, T, t, W, b = case
+    got = M.collapse_report(torch.from_numpy(F), torch.from_numpy(y), T, t, weight=W, bias=b)
+    want = {
+        "cdnv_train": bf_cdnv(F, y), "nc1": bf_nc1(F, y), "nc2": bf_nc2(F, y),
+        "nc2_equinorm": bf_equinorm(F, y), "nc2_equiangularity": bf_equiangularity(F, y),
+        "ncc_train_acc": bf_ncc_accuracy(F, y, F, y), "nc3": bf_nc3(F, y, W), "nc4": bf_nc4(F, y, W, b),
+        "cdnv_test": bf_cdnv(T, t), "ncc_test_acc": bf_ncc_accuracy(F, y, T, t),
+        "strong_test_collapse": bf_strong(F, y, T, t), "weak_test_collapse": bf_weak(F, y, T),
+    }
+    assert set(got) == set(want)
+    assert all(type(v) is float for v in got.values())
+    for key in want:
+        assert close(got[key], want[key]), key
+    assert set(M.collapse_report(F, y)) == {"cdnv_train", "nc1", "nc2", "nc2_equinorm", "nc2_equiangularity",
+                                            "ncc_train_acc"}
+
+
+def test_row_chunks_give_the_same_numbers(monkeypatch):
+    F, y = make_data(4, 6, [30, 25, 20, 40], seed=3)
+    W = np.random.default_rng(0).standard_normal((4, 6))
+    whole = M.collapse_report(F, y, F[:50], y[:50], weight=W)
+    monkeypatch.setattr(kernels, "CHUNK_ELEMENTS", 40)  # chunks of a handful of rows
+    chunked = M.collapse_report(F, y, F[:50], y[:50], weight=W)
+    for key in whole:
+        assert close(chunked[key], whole[key]), key
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_low_precision_torch_input(dtype):
+    F, y = make_data(3, 5, [10, 11, 12], seed=4)
+    low = torch.from_numpy(F).to(dtype)
+    exact = low.double().numpy()  # the values the library sees, in float64
+    assert close(M.cdnv(low, torch.from_numpy(y)), bf_cdnv(exact, y))
+    assert close(M.nc1(low, y), bf_nc1(exact, y))
+
+
+def test_numpy_float32_input():
+    F, y = make_data(3, 5, [10, 11, 12], seed=5)
+    f32 = F.astype(np.float32)
+    assert close(M.nc2(f32, y.astype(np.int32)), bf_nc2(f32.astype(np.float64), y))
+
+
+# --------------------------------------------------------------------------------- closed forms
+def test_isotropic_gaussians_variance_is_m_sigma2():
+    rng = np.random.default_rng(0)
+    m, sigma, n = 50, 0.5, 2000
+    mu = np.zeros((2, m))
+    mu[1, 0] = 10.0  # ‖μ_0 − μ_1‖² = 100
+    y = np.repeat([0, 1], n)
+    F = mu[y] + sigma * rng.standard_normal((2 * n, m))
+    stats = M.ClassStatistics()
+    stats.update(F, y)
+    np.testing.assert_allclose(stats.variances().numpy(), m * sigma**2, rtol=0.03)
+    assert M.cdnv(F, y) == pytest.approx(2 * m * sigma**2 / (2 * 100.0), rel=0.03)
+
+
+def simplex_etf(K, m, seed):
+    """K unit vectors in R^m (m ≥ K) with pairwise cosine −1/(K−1), randomly rotated, scaled by 3."""
+    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((m, K)))
+    return 3.0 * np.sqrt(K / (K - 1)) * (np.eye(K) - 1.0 / K) @ q.T
+
+
+def test_simplex_etf_means_give_nc2_zero_and_self_dual_classifier_nc3_zero():
+    K, m = 5, 8
+    etf = simplex_etf(K, m, seed=1) + 7.0  # shifted: NC2 uses means centred on μ_G
+    noise = np.random.default_rng(2).standard_normal((K, m))
+    F = np.concatenate([etf + noise, etf - noise])  # symmetric noise keeps the class means exact
+    y = np.tile(np.arange(K), 2)
+    assert M.nc2(F, y) < 1e-12
+    assert M.nc2_equinorm(F, y) < 1e-12
+    assert M.nc2_equiangularity(F, y) < 1e-12
+    assert M.nc3(F, y, 0.4 * (etf - etf.mean(0))) < 1e-12
+    assert M.nc2(F + noise[:1], y) < 1e-12  # a common shift changes nothing
+
+
+def test_collapsed_features_give_nc1_and_cdnv_zero():
+    F, y = make_data(4, 6, [5, 6, 7, 8], seed=6)
+    _, index, mu, _ = bf_means(F, y)
+    collapsed = np.array([mu[index[label]] for label in y])
+    assert M.nc1(collapsed, y) < 1e-20
+    assert M.cdnv(collapsed, y) < 1e-20
+    assert M.weak_test_collapse(collapsed, y, collapsed) < 1e-20
+
+
+def test_nearest_mean_classifier_has_nc4_zero():
+    F, y = make_data(6, 4, [9, 8, 7, 6, 5, 4], seed=7, spread=0.7)  # overlapping classes
+    mu = bf_means(F, y)[2]
+    assert M.nc4(F, y, 2.0 * mu, -np.sum(mu**2, axis=1)) == 0.0
+    assert M.nc4(F, y, 2.0 * mu) > 0.0  # without the bias it is not the NCC rule
+
+
+def test_float32_tight_classes_keep_their_variance():
+    rng = np.random.default_rng(8)
+    K, m, n = 3, 4, 50
+    y = np.repeat(np.arange(K), n)
+    F = (1e4 + 0.05 * np.arange(K)[y, None] + 1e-3 * rng.standard_normal((K * n, m))).astype(np.float32)
+    exact = F.astype(np.float64)
+    true_var = np.mean(np.sum((exact[y == 0] - exact[y == 0].mean(0)) ** 2, axis=1))
+    one_pass = np.mean(np.sum(F[y == 0] ** 2, axis=1)) - np.sum(np.mean(F[y == 0], axis=0) ** 2)  # float32
+    assert abs(one_pass - true_var) > true_var  # the one-pass float32 formula is useless here (0 or garbage)
+    want = bf_cdnv(exact, y)
+    assert want > 0
+    assert close(M.cdnv(F, y), want)
+    assert close(M.nc1(torch.from_numpy(F), y), bf_nc1(exact, y))
+    stats = M.ClassStatistics()
+    for part in np.array_split(np.random.default_rng(0).permutation(len(y)), 4):
+        stats.update(F[part], y[part])
+    assert close(stats.compute()["cdnv"], want)
+    assert close(stats.compute()["nc1"], bf_nc1(exact, y))  # Σ_W from the merged scatter
+
+
+# ------------------------------------------------------------------------------------ streaming
+def batches(n, seed, sizes=(1, 7, 3, 20)):
+    """Split 0..n-1 (shuffled) into batches of cycling sizes."""
+    order = np.random.default_rng(seed).permutation(n)
+    cuts = np.cumsum(list(itertools.islice(itertools.cycle(sizes), n)))
+    return [part for part in np.split(order, cuts[cuts < n]) if len(part)]
+
+
+def test_streaming_matches_functional(case):
+    F, y, T, t, W, b = case
+    stats = M.ClassStatistics()
+    for part in batches(len(y), seed=0):
+        stats.update(torch.from_numpy(F[part]), y[part])  # classes appear in later batches
+    got = stats.compute(W)
+    for key, fn in [("cdnv", M.cdnv), ("nc1", M.nc1), ("nc2", M.nc2), ("nc2_equinorm", M.nc2_equinorm),
+                    ("nc2_equiangularity", M.nc2_equiangularity)]:
+        assert close(got[key], fn(F, y)), key
+    assert close(got["nc3"], M.nc3(F, y, W))
+    np.testing.assert_array_equal(stats.classes.numpy(), np.unique(y))
+
+    train_pass, test_pass = stats.referenced(W, b), stats.referenced()
+    for part in batches(len(y), seed=1):
+        train_pass.update(F[part], y[part])
+    for part in batches(len(t), seed=2):
+        test_pass.update(T[part], t[part])
+    assert train_pass.compute()["nc4"] == M.nc4(F, y, W, b)
+    assert close(train_pass.compute()["strong_test_collapse"], M.nc1(F, y))
+    assert close(test_pass.compute()["strong_test_collapse"], M.strong_test_collapse(F, y, T, t))
+    assert close(test_pass.compute()["weak_test_collapse"], M.weak_test_collapse(F, y, T))
+    assert test_pass.compute()["ncc_accuracy"] == M.ncc_accuracy(F, y, T, t)
+
+    test_stats = M.ClassStatistics(within_scatter=False)
+    test_stats.update(T, t)
+    streamed = M.report(stats, train_pass, test_stats, test_pass)
+    functional = M.collapse_report(F, y, T, t, W, b)
+    assert set(streamed) == set(functional)
+    for key in functional:
+        assert close(streamed[key], functional[key]), key
+
+
+def test_unlabelled_pass_gives_weak_collapse_only():
+    F, y = make_data(3, 4, [10, 10, 10], seed=9)
+    stats = M.ClassStatistics()
+    stats.update(F, y)
+    unlabelled = stats.referenced()
+    unlabelled.update(F)
+    assert set(unlabelled.compute()) == {"weak_test_collapse"}
+    with pytest.raises(ValueError, match="every batch or for none"):
+        unlabelled.update(F, y)
+
+
+def test_streaming_reset_and_fixed_classes():
+    F, y = make_data(3, 4, [10, 10, 10], seed=10, label_values=[2, 5, 9])
+    stats = M.ClassStatistics(classes=[2, 5, 9, 11])
+    stats.update(F, y)
+    with pytest.raises(ValueError, match=r"no samples: \[11\]"):
+        stats.compute()
+    with pytest.raises(ValueError, match="absent from the reference classes"):
+        stats.update(F[:2], np.array([2, 3]))
+    stats.reset()
+    extra = F[:4] + 3.0
+    stats.update(extra, np.full(4, 11))
+    stats.update(F, y)
+    both, labels = np.concatenate([extra, F]), np.concatenate([np.full(4, 11), y])
+    assert close(stats.compute()["cdnv"], bf_cdnv(both, labels))
+
+
+# -------------------------------------------------------------------------------- layers, depth
+def test_layer_curves_and_effective_depth():
+    rng = np.random.default_rng(11)
+    y = np.repeat([0, 1, 2], 20)
+    layers = [rng.standard_normal((60, 30)) + s * np.eye(3)[y].repeat(10, axis=1) for s in (0.0, 1.0, 50.0)]
+    curves = M.layer_curves(layers, y, eps=0.01)
+    want_err = [1.0 - bf_ncc_accuracy(L, y, L, y) for L in layers]
+    assert curves["ncc_error"] == pytest.approx(want_err, abs=0)
+    assert curves["cdnv"] == pytest.approx([bf_cdnv(L, y) for L in layers], rel=RTOL)
+    assert want_err[2] == 0.0 and want_err[0] > 0.01
+    first = next(i + 1 for i, e in enumerate(want_err) if e <= 0.01)
+    assert curves["effective_depth"] == M.effective_depth(layers, y) == first
+    assert M.effective_depth(layers[:1], y) == 1  # no layer reaches ε: L
+    assert M.effective_depth(layers, y, eps=1.0) == 1
+
+
+# ------------------------------------------------------------------------------------- registry
+def test_registry_records():
+    expected = {"cdnv": False, "nc1": False, "nc2": False, "nc2_equinorm": False, "nc2_equiangularity": False,
+                "nc3": False, "nc4": False, "ncc_accuracy": True, "strong_test_collapse": False,
+                "weak_test_collapse": False, "effective_depth": None}
+    assert set(METRICS.names()) == set(expected)
+    for name, direction in expected.items():
+        info = METRICS.get(name)
+        assert isinstance(info, M.MetricInfo)
+        assert (info.name, info.higher_is_better) == (name, direction)
+        assert info.description and callable(getattr(M, name))
+
+
+# ---------------------------------------------------------------------------------- bad inputs
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda F, y, W: M.cdnv(F, np.zeros(len(y), int)), "at least 2 classes"),
+        (lambda F, y, W: M.nc1(F, y[:-1]), "labels has 29 entries but the features have 30 rows"),
+        (lambda F, y, W: M.nc2(np.where(np.arange(F.size).reshape(F.shape) == 5, np.nan, F), y), "NaN or inf"),
+        (lambda F, y, W: M.cdnv(np.where(np.arange(F.size).reshape(F.shape) == 5, np.inf, F), y), "NaN or inf"),
+        (lambda F, y, W: M.nc3(F, y, W[:, :-1]), r"weight must have shape \[K, m\] = \[3, 4\]"),
+        (lambda F, y, W: M.nc4(F, y, W.T), r"weight must have shape"),
+        (lambda F, y, W: M.nc4(F, y, W, np.zeros(2)), "bias must be a real"),
+        (lambda F, y, W: M.cdnv(F[:, 0], y), r"features must be a 2-D \[N, m\]"),
+        (lambda F, y, W: M.cdnv(F, y.astype(float)), "labels must be integers"),
+        (lambda F, y, W: M.ncc_accuracy(F, y, F, y + 1000), "test_labels contains classes absent"),
+        (lambda F, y, W: M.strong_test_collapse(F, y, F[:, :2], y), "test_features have 2 columns, expected 4"),
+        (lambda F, y, W: M.effective_depth([], y), "non-empty list"),
+        (lambda F, y, W: M.layer_curves([F], y, eps=2.0), r"eps must be an error rate in \[0, 1\]"),
+        (lambda F, y, W: M.collapse_report(F, y, test_features=F), "given together"),
+    ],
+)
+def test_bad_input_raises_clear_error(call, message):
+    F, y = make_data(3, 4, [10, 10, 10], seed=12)
+    W = np.ones((3, 4))
+    with pytest.raises(ValueError, match=message):
+        call(F, y, W)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_input_matches_cpu():
+    F, y = make_data(4, 6, [10, 12, 9, 11], seed=13)
+    W = np.random.default_rng(1).standard_normal((4, 6))
+    gpu = M.collapse_report(torch.from_numpy(F).float().cuda(), torch.from_numpy(y).cuda(), torch.from_numpy(F).cuda(),
+                            torch.from_numpy(y).cuda(), torch.from_numpy(W).cuda())
+    exact = M.collapse_report(torch.from_numpy(F).float().double(), y, F, y, W)
+    assert set(gpu) == set(exact)
+    for key in exact:
+        assert gpu[key] == pytest.approx(exact[key], rel=1e-9, abs=1e-12), key
+
+
+def test_finite_check_survives_an_overflowing_sum():
+    big = torch.full((100, 4), 6e4, dtype=torch.float16)  # finite values whose float16 sum is inf
+    assert bool(torch.isinf(big.sum()))
+    assert torch.equal(kernels.as_features(big), big)
+    big[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        kernels.as_features(big)
+
+
+def test_coinciding_class_means_give_infinite_cdnv():
+    rng = np.random.default_rng(14)
+    F = rng.standard_normal((30, 3))
+    F[20:] += 5.0
+    y = np.repeat([0, 1, 2], 10)
+    F[10:20] = F[:10]  # class 1 = class 0's samples: same mean, same variance
+    V = M.cdnv_matrix(F, y).numpy()
+    assert np.isinf(V[0, 1]) and np.isinf(V[1, 0]) and np.isfinite(V[0, 2]) and V[0, 0] == 0.0
+    assert M.cdnv(F, y) == float("inf")
