@@ -1,0 +1,35 @@
+"""``digits``: scikit-learn's bundled 8x8 handwritten digits (offline, 1,797 images)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from sklearn.datasets import load_digits
+
+from ncbench.data.base import ImageDataset, train_mean_std
+from ncbench.data.common import per_class_split, seeded_class_splits
+from ncbench.registry import register_dataset
+
+
+@register_dataset("digits")
+def load(*, root: str | os.PathLike | None = None, download: bool = False, seed: int = 0) -> ImageDataset:
+    """scikit-learn's ``load_digits``: 10 classes ('0'..'9'), about 180 images each.
+
+    Options:
+        root, download: accepted for a uniform loader signature; ignored (the data ships with sklearn).
+        seed: seeds the class split.
+
+    Images: uint8 [1797, 8, 8, 1], pixel values 0..16 scaled to 0..255 (bright strokes on dark).
+    Per-class split: in scikit-learn's order, the first ceil(0.75 n) images of each class are TRAIN,
+    the rest TEST. Class split: seeded 6 / 2 / 2 train / val / test classes. Normalisation mean/std:
+    computed from the TRAIN images.
+    """
+    del root, download
+    bunch = load_digits()
+    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    labels = bunch.target.astype(np.int64)
+    split = per_class_split(labels)
+    mean, std = train_mean_std(images, split)
+    return ImageDataset(name="digits", images=images, labels=labels, class_names=[str(n) for n in bunch.target_names],
+                        split=split, class_splits=seeded_class_splits(10, seed), mean=mean, std=std)

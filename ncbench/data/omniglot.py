@@ -1,0 +1,122 @@
+"""``omniglot``: handwritten characters (Lake et al. 2015) from a folder, torchvision root, or zip archive."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+from torchvision.datasets import Omniglot
+from tqdm.auto import tqdm
+
+from ncbench.data.base import DatasetError, ImageDataset, train_mean_std
+from ncbench.data.common import (check_size, default_cache_dir, missing_files_error, per_class_split, require_root,
+                                 seeded_class_splits, to_array)
+from ncbench.registry import register_dataset
+
+log = logging.getLogger(__name__)
+
+_EXPECTED = ("a folder <alphabet>/<character>/*.png, a folder holding images_background/ and/or "
+             "images_evaluation/ (torchvision's omniglot-py/), or a .zip archive of one of these")
+_SETS = ("images_background", "images_evaluation")
+
+
+def _extract(archive: Path, cache_dir: Path) -> Path:
+    """Unzip ``archive`` once into ``cache_dir/omniglot/`` (keyed by path, size and mtime); return the folder.
+    A single top-level folder inside the archive is descended into."""
+    stat = archive.stat()
+    key = hashlib.sha256(f"{archive.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_dir / "omniglot" / f"{archive.stem}-{key}"
+    if not target.is_dir():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=target.name + ".tmp"))
+        try:
+            with zipfile.ZipFile(archive) as z:
+                z.extractall(tmp)
+        except zipfile.BadZipFile as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise missing_files_error("omniglot", archive, _EXPECTED, downloadable=False, cause=str(err)) from err
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+        log.info("omniglot: extracted %s into %s", archive, target)
+    entries = [p for p in target.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else target
+
+
+def _character_folders(folder: Path) -> list[tuple[str, Path]]:
+    """(``alphabet/character``, path) for every character folder under ``folder``, sorted."""
+    return [(f"{a.name}/{c.name}", c)
+            for a in sorted(p for p in folder.iterdir() if p.is_dir())
+            for c in sorted(p for p in a.iterdir() if p.is_dir())]
+
+
+@register_dataset("omniglot")
+def load(
+    *,
+    root: str | os.PathLike | None = None,
+    download: bool = False,
+    seed: int = 0,
+    image_size: int = 28,
+    cache_dir: str | os.PathLike | None = None,
+) -> ImageDataset:
+    """Omniglot in torchvision's on-disk layout.
+
+    Options:
+        root:       one of: a folder of ``<alphabet>/<character>/*.png`` (e.g. ``images_background``);
+                    a folder holding ``images_background/`` and/or ``images_evaluation/``, or a
+                    torchvision root holding ``omniglot-py/`` with them; a ``.zip`` of any of these
+                    (unzipped once into ``cache_dir``).
+        download:   True lets ``torchvision.datasets.Omniglot`` fetch both sets into ``root/omniglot-py``.
+        seed:       seeds the class split (when it is not background / evaluation).
+        image_size: side of the square output images (default 28; the originals are 105x105).
+        cache_dir:  where archives are unzipped (default ``$NCBENCH_CACHE`` or ``~/.cache/ncbench``).
+
+    Images: uint8 [N, image_size, image_size, 1], inverted so strokes are bright on dark, resized with
+    antialiasing. Class names ``alphabet/character``. Per-class split: images sorted by file name, the
+    first ceil(0.75 n) TRAIN (15 of the 20 drawers), the rest TEST. Class split: when both
+    ``images_background`` and ``images_evaluation`` are present, background classes = ``train`` and
+    evaluation classes = ``test``; otherwise seeded 60 / 20 / 20 % train / val / test.
+    Normalisation mean/std: computed from the TRAIN images.
+    """
+    size = check_size("omniglot", image_size)
+    path = require_root("omniglot", root, _EXPECTED, downloadable=True, download=download)
+    if download:
+        for background in (True, False):
+            Omniglot(str(path), background=background, download=True)
+    if path.is_file():
+        if path.suffix.lower() != ".zip":
+            raise DatasetError(f"omniglot: root {str(path)!r} is a file but not a .zip archive; expected {_EXPECTED}")
+        path = _extract(path, Path(cache_dir) if cache_dir else default_cache_dir())
+    if (path / "omniglot-py").is_dir():
+        path = path / "omniglot-py"
+    sets = [path / s for s in _SETS if (path / s).is_dir()]
+    groups = [_character_folders(s) for s in sets] if sets else [_character_folders(path)]
+    names = [n for g in groups for n, _ in g]
+    files = [sorted(c.glob("*.png")) for g in groups for _, c in g]
+    if not names or not any(files):
+        raise missing_files_error("omniglot", path, _EXPECTED, downloadable=True, cause="no <alphabet>/<character>/*.png found")
+    images, labels = [], []
+    for k, pngs in enumerate(tqdm(files, desc="omniglot: reading", unit="class", disable=None)):
+        for png in pngs:
+            with Image.open(png) as im:
+                images.append(to_array(ImageOps.invert(im.convert("L")), size, "L"))
+            labels.append(k)
+    images_arr = np.stack(images)
+    labels_arr = np.asarray(labels, np.int64)
+    split = per_class_split(labels_arr)
+    if len(sets) == 2:
+        n_bg = len(groups[0])
+        class_splits = {"train": list(range(n_bg)), "test": list(range(n_bg, len(names)))}
+    else:
+        class_splits = seeded_class_splits(len(names), seed)
+    mean, std = train_mean_std(images_arr, split)
+    return ImageDataset(name="omniglot", images=images_arr, labels=labels_arr, class_names=names, split=split,
+                        class_splits=class_splits, mean=mean, std=std)
