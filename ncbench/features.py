@@ -1,0 +1,192 @@
+"""Features of a frozen backbone: penultimate features and, optionally, every probe layer.
+
+:class:`FeatureCache` keeps them on disk so that every head and episode reuses one extraction.
+
+Preprocessing (the same for training and evaluation) is a dict stored in each checkpoint's card::
+
+    {"image_size": [H, W], "channels": C, "mean": [C floats], "std": [C floats]}
+
+and maps uint8 images [N, H, W, C] to float32 [N, C, H, W] as (x / 255 - mean) / std.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from tqdm.auto import tqdm
+
+from ncbench.backbones import probe_layers
+from ncbench.checkpoint import Card, load_checkpoint, read_weights, save_tensors
+from ncbench.data.base import ImageDataset
+
+
+
+def preprocessing_of(dataset: ImageDataset) -> dict[str, Any]:
+    """The evaluation preprocessing dict of ``dataset`` (its image size, channels, mean and std)."""
+    return {
+        "image_size": list(dataset.image_size),
+        "channels": dataset.channels,
+        "mean": [float(v) for v in dataset.mean],
+        "std": [float(v) for v in dataset.std],
+    }
+
+
+def _check_preprocessing(pp: dict[str, Any]) -> tuple[tuple[int, int], int, torch.Tensor, torch.Tensor]:
+    try:
+        h, w = (int(v) for v in pp["image_size"])
+        c = int(pp["channels"])
+        mean = torch.tensor(pp["mean"], dtype=torch.float32)
+        std = torch.tensor(pp["std"], dtype=torch.float32)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"preprocessing must be {{'image_size': [H, W], 'channels': C, 'mean': [...], 'std': [...]}}, got {pp!r}") from e
+    if mean.shape != (c,) or std.shape != (c,) or not (std > 0).all():
+        raise ValueError(f"preprocessing: mean and std must hold {c} values (std > 0), got {pp['mean']!r}, {pp['std']!r}")
+    return (h, w), c, mean, std
+
+
+def to_input(images: torch.Tensor, preprocessing: dict[str, Any]) -> torch.Tensor:
+    """images: [B, H, W, C] uint8 tensor -> [B, C, H, W] float32, normalised as the preprocessing says."""
+    _, _, mean, std = _check_preprocessing(preprocessing)
+    x = images.permute(0, 3, 1, 2).to(torch.float32)
+    return ((x * (1 / 255) - mean[:, None, None]) / std[:, None, None]).contiguous()
+
+
+def _check_images(images: np.ndarray, preprocessing: dict[str, Any]) -> None:
+    (h, w), c, _, _ = _check_preprocessing(preprocessing)
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
+        got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
+        raise ValueError(f"images must be a uint8 array [N, H, W, C], got {got}")
+    if images.shape[1:] != (h, w, c):
+        raise ValueError(f"images have shape [N, {', '.join(map(str, images.shape[1:]))}], the preprocessing expects [N, {h}, {w}, {c}]")
+
+
+def extract(
+    model: nn.Module,
+    images: np.ndarray,
+    preprocessing: dict[str, Any],
+    *,
+    batch_size: int = 256,
+    layers: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Features of ``images`` (uint8 [N, H, W, C]) under ``model`` in eval mode, float32 on CPU.
+
+    Returns features [N, m]; with ``layers=True`` also a dict, in stage order, with
+    ``"<stage>/flat"``: [N, d] (the stage output flattened) for every probe layer and
+    ``"<stage>/pooled"``: [N, c] (global average over H, W) for stages whose output is a map [B, c, H, W].
+    The model's train/eval mode is restored afterwards.
+    """
+    _check_images(images, preprocessing)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    n = len(images)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    outputs: dict[str, torch.Tensor] = {}
+    span = [0, 0]
+
+    def store(key: str, value: torch.Tensor) -> None:
+        if key not in outputs:
+            outputs[key] = torch.empty(n, value.shape[1], dtype=torch.float32)
+        outputs[key][span[0] : span[1]] = value  # copied now: later in-place ops cannot change it
+
+    def hook(name: str):
+        def fn(module: nn.Module, args: Any, out: torch.Tensor) -> None:
+            store(f"{name}/flat", out.flatten(1))
+            if out.ndim == 4:
+                store(f"{name}/pooled", out.mean(dim=(2, 3)))
+
+        return fn
+
+    handles = [m.register_forward_hook(hook(name)) for name, m in probe_layers(model)] if layers else []
+    was_training = model.training
+    model.eval()
+    source = torch.from_numpy(images)
+    try:
+        with torch.inference_mode():
+            for start in tqdm(range(0, n, batch_size), desc="features", unit="batch", disable=None, leave=False):
+                span[:] = [start, min(start + batch_size, n)]
+                x = to_input(source[start : span[1]], preprocessing).to(device)
+                store("features", model(x))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    features = outputs.pop("features", torch.empty(0, int(getattr(model, "feature_dim", 0))))
+    return (features, outputs) if layers else features
+
+
+def pil_to_array(images: list[Image.Image], preprocessing: dict[str, Any]) -> np.ndarray:
+    """PIL images -> uint8 [N, H, W, C]: converted to L (C = 1) or RGB (C = 3), resized bilinearly to H×W."""
+    (h, w), c, _, _ = _check_preprocessing(preprocessing)
+    if c not in (1, 3):
+        raise ValueError(f"preprocessing: channels must be 1 or 3 for PIL images, got {c}")
+    arrays = []
+    for i, img in enumerate(images):
+        if not isinstance(img, Image.Image):
+            raise ValueError(f"images[{i}] must be a PIL image, got {type(img).__name__}")
+        img = img.convert("L" if c == 1 else "RGB")
+        if img.size != (w, h):
+            img = img.resize((w, h), Image.BILINEAR)
+        arrays.append(np.asarray(img, dtype=np.uint8).reshape(h, w, c))
+    return np.stack(arrays) if arrays else np.zeros((0, h, w, c), np.uint8)
+
+
+def embed_images(checkpoint_dir: Path, images: list[Image.Image], *, batch_size: int = 256) -> torch.Tensor:
+    """Penultimate features [N, m] float32 of PIL ``images`` under the checkpoint in ``checkpoint_dir``,
+    with the checkpoint's own evaluation preprocessing."""
+    model, card = load_checkpoint(checkpoint_dir)
+    return extract(model, pil_to_array(list(images), card.preprocessing), card.preprocessing, batch_size=batch_size)
+
+
+class FeatureCache:
+    """Features of one checkpoint on one dataset, computed once per set of images and kept on disk.
+
+    Files are ``root/<card sha256[:16]>/<kind>-<key>.safetensors``, where the key hashes the dataset's
+    name, images and labels and the requested indices, so a changed checkpoint or dataset never reads
+    stale features. Written atomically; safe to share between runs of the same checkpoint.
+    """
+
+    def __init__(self, root: Path, model: nn.Module, card: Card, dataset: ImageDataset, *, batch_size: int = 256):
+        self.dir = Path(root) / card.sha256[:16]
+        self.model, self.preprocessing, self.dataset, self.batch_size = model, card.preprocessing, dataset, batch_size
+        self._dataset_key: str | None = None
+
+    def _path(self, kind: str, idx: np.ndarray) -> Path:
+        if self._dataset_key is None:  # hashed once: the images may be large
+            h = hashlib.sha256(self.dataset.name.encode())
+            h.update(np.ascontiguousarray(self.dataset.images).data)
+            h.update(np.ascontiguousarray(self.dataset.labels, dtype=np.int64).data)
+            self._dataset_key = h.hexdigest()
+        key = hashlib.sha256(self._dataset_key.encode() + np.ascontiguousarray(idx, dtype=np.int64).data).hexdigest()[:24]
+        return self.dir / f"{kind}-{key}.safetensors"
+
+    def _get(self, kind: str, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        idx = np.asarray(idx)
+        if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError(f"idx must be a 1-D integer array, got {idx.dtype} {idx.shape}")
+        path = self._path(kind, idx)
+        if path.is_file():
+            return read_weights(path)
+        images = self.dataset.images[idx]
+        if kind == "features":
+            tensors = {"features": extract(self.model, images, self.preprocessing, batch_size=self.batch_size)}
+        else:
+            _, tensors = extract(self.model, images, self.preprocessing, batch_size=self.batch_size, layers=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        save_tensors(path, tensors)
+        return tensors
+
+    def features(self, idx: np.ndarray) -> torch.Tensor:
+        """Penultimate features [len(idx), m] float32 of ``dataset.images[idx]``."""
+        return self._get("features", idx)["features"]
+
+    def layer_features(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        """Per-layer features of ``dataset.images[idx]``, as ``extract(..., layers=True)`` returns them, in stage order."""
+        tensors = self._get("layers", idx)  # safetensors does not keep the order: restore it
+        order = [f"{stage}/{variant}" for stage, _ in probe_layers(self.model) for variant in ("flat", "pooled")]
+        return {key: tensors[key] for key in order if key in tensors}

@@ -1,0 +1,461 @@
+"""Pretrain a backbone on s source classes, past zero training error, and watch neural collapse happen.
+
+``pretrain(...)`` trains ``backbone → classifier`` (a learnable linear layer, or a fixed simplex ETF) with
+cross-entropy or MSE on one-hot targets, SGD with momentum and weight decay, and a per-epoch learning-rate
+schedule. Every run is seeded and deterministic on CPU: the model is initialised under ``seed``, and epoch
+e shuffles with a ``torch.Generator`` seeded from (seed, e) and reseeds torch's global RNG inside a forked
+RNG state, so a run resumed from its last epoch checkpoint ends with the same weights as an uninterrupted one.
+
+Files in ``out_dir``: ``run.json`` (what the run is), ``resume/`` (last epoch state, removed at the end),
+``curve.csv`` (one row per epoch: lr, loss, running accuracy, and at tracked epochs accuracy, CDNV,
+NC1–NC4 of source train/test features, effective depth), ``layer_curve.csv`` (long form: epoch, layer,
+ncc_error, cdnv per probe layer), then ``model.safetensors`` and ``card.json`` (see ncbench.checkpoint).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ncbench.backbones import build_backbone
+from ncbench.checkpoint import (
+    CARD_FILE,
+    Card,
+    CheckpointError,
+    atomic_write,
+    read_card,
+    read_weights,
+    save_checkpoint,
+    save_tensors,
+    sha256_file,
+    write_json,
+)
+from ncbench.data.base import ImageDataset
+from ncbench.features import extract, preprocessing_of, to_input
+from ncbench.metrics import collapse_report, layer_curves
+
+logger = logging.getLogger(__name__)
+
+SCHEDULES = ("cosine", "step", "constant")
+LOSSES = ("ce", "mse")
+CLASSIFIERS = ("linear", "etf")
+RUN_FILE = "run.json"
+RESUME_DIR = "resume"
+CURVE_FILE = "curve.csv"
+LAYER_CURVE_FILE = "layer_curve.csv"
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+@dataclass
+class PretrainConfig:
+    """A task's ``pretrain:`` block (field names are the YAML keys).
+
+    epochs:          training epochs (one epoch = floor(N / batch_size) steps; one batch of N if N < batch_size).
+    batch_size, lr, momentum, weight_decay: SGD settings (weight decay on every trainable parameter).
+    schedule:        "cosine" (lr · ½(1 + cos(π e / epochs))), "step" (lr · gamma^#{milestones ≤ e}) or "constant".
+    milestones:      epochs at which "step" multiplies the lr by ``gamma``.
+    loss:            "ce" (cross-entropy) or "mse" (squared error to one-hot targets, summed over classes,
+                     averaged over the batch; Hui & Belkin 2021).
+    classifier:      "linear" (learned weight and bias) or "etf" (fixed simplex ETF, no bias; Zhu et al. 2021).
+    track_every:     compute collapse metrics every this many epochs (and before training); 0 = off.
+    track_per_class: train images per class used for the per-layer curves (flattened maps are large); 0 = all.
+    num_threads:     torch CPU threads; None = the CPUs this process may use.
+    """
+
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    loss: str = "ce"
+    classifier: str = "linear"
+    track_every: int = 5
+    track_per_class: int = 50
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise ValueError(f"pretrain.{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("track_every", "track_per_class"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
+                raise ValueError(f"pretrain.{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        for name, low, strict in (("lr", 0.0, True), ("momentum", 0.0, False), ("weight_decay", 0.0, False), ("gamma", 0.0, True)):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < low or (strict and v == low):
+                raise ValueError(f"pretrain.{name} must be a finite number {'>' if strict else '>='} {low}, got {v!r}")
+            setattr(self, name, float(v))
+        if self.momentum >= 1:
+            raise ValueError(f"pretrain.momentum must be < 1, got {self.momentum}")
+        for name, choices in (("schedule", SCHEDULES), ("loss", LOSSES), ("classifier", CLASSIFIERS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"pretrain.{name} must be one of {list(choices)}, got {getattr(self, name)!r}")
+        m = self.milestones
+        if not isinstance(m, (list, tuple)) or not all(_is_int(v) and 0 < v <= self.epochs for v in m) or list(m) != sorted(set(m)):
+            raise ValueError(f"pretrain.milestones must be increasing epochs in 1..{self.epochs}, got {m!r}")
+        self.milestones = [int(v) for v in m]
+        if self.num_threads is not None and (not _is_int(self.num_threads) or self.num_threads < 1):
+            raise ValueError(f"pretrain.num_threads must be a positive integer or null, got {self.num_threads!r}")
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate for (0-based) ``epoch``."""
+        if self.schedule == "cosine":
+            return self.lr * 0.5 * (1 + math.cos(math.pi * epoch / self.epochs))
+        if self.schedule == "step":
+            return self.lr * self.gamma ** sum(epoch >= m for m in self.milestones)
+        return self.lr
+
+
+def simplex_etf(num_classes: int, dim: int, generator: torch.Generator) -> torch.Tensor:
+    """A simplex equiangular tight frame [K, m]: unit rows with pairwise cosine −1/(K−1), randomly rotated
+    into R^m (needs m ≥ K − 1)."""
+    k = num_classes
+    if dim < k - 1:
+        raise ValueError(f"classifier 'etf' needs feature_dim >= num_classes - 1, got feature_dim {dim} for {k} classes")
+    centred = torch.eye(k, dtype=torch.float64) - 1.0 / k
+    basis = torch.linalg.eigh(centred).eigenvectors[:, 1:]  # [K, K-1], orthonormal basis of 1^⊥
+    rows = basis / basis.norm(dim=1, keepdim=True)
+    rotation, _ = torch.linalg.qr(torch.randn(dim, k - 1, generator=generator, dtype=torch.float64))  # [m, K-1]
+    return (rows @ rotation.T).to(torch.float32)
+
+
+def _make_classifier(kind: str, dim: int, k: int, seed: int) -> nn.Linear:
+    if kind == "linear":
+        return nn.Linear(dim, k)
+    head = nn.Linear(dim, k, bias=False)
+    head.weight.data.copy_(simplex_etf(k, dim, torch.Generator().manual_seed(seed)))
+    head.weight.requires_grad_(False)
+    return head
+
+
+def _loss(kind: str, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if kind == "ce":
+        return F.cross_entropy(logits, target)
+    onehot = F.one_hot(target, logits.shape[1]).to(logits.dtype)
+    return F.mse_loss(logits, onehot, reduction="sum") / len(target)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"ncbench-pretrain/{seed}/{epoch}".encode()).digest()[:8], "little") >> 1
+
+
+@contextlib.contextmanager
+def _deterministic() -> Iterator[None]:
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+def _set_threads(num_threads: int | None) -> None:
+    n = num_threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+def _check_indices(name: str, idx: Any, n: int) -> np.ndarray:
+    arr = np.asarray(idx)
+    if arr.ndim != 1 or len(arr) == 0 or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{name} must be a non-empty 1-D integer array, got {arr.dtype} {arr.shape}")
+    if arr.min() < 0 or arr.max() >= n:
+        raise ValueError(f"{name} must index the dataset's {n} images, got values in {arr.min()}..{arr.max()}")
+    return arr.astype(np.int64)
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class _Resume:
+    """Last-epoch training state in ``out_dir/resume``: ``epoch-NNNN.safetensors`` (model, classifier,
+    SGD momentum buffers) and ``state.json`` pointing at it (written after it, atomically)."""
+
+    def __init__(self, out_dir: Path):
+        self.dir = out_dir / RESUME_DIR
+        self.state_file = self.dir / "state.json"
+
+    def save(self, epoch: int, model: nn.Module, head: nn.Module, opt: torch.optim.SGD, records: list[dict]) -> None:
+        self.dir.mkdir(exist_ok=True)
+        tensors = {f"backbone.{k}": v for k, v in model.state_dict().items()}
+        tensors.update({f"classifier.{k}": v for k, v in head.state_dict().items()})
+        for i, p in enumerate(opt.param_groups[0]["params"]):
+            buf = opt.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                tensors[f"optimizer.{i}.momentum_buffer"] = buf
+        name = f"epoch-{epoch:04d}.safetensors"
+        digest = save_tensors(self.dir / name, tensors)
+        write_json(self.state_file, {"epoch": epoch, "weights": name, "sha256": digest, "records": records})
+        for old in self.dir.glob("epoch-*.safetensors"):
+            if old.name != name:
+                old.unlink()
+
+    def load(self, model: nn.Module, head: nn.Module, opt: torch.optim.SGD) -> tuple[int, list[dict]]:
+        """Restore the last saved epoch; returns (epochs done, curve records); (0, []) when there is none."""
+        if not self.state_file.is_file():
+            return 0, []
+        state = json.loads(self.state_file.read_text())
+        path = self.dir / state["weights"]
+        if sha256_file(path) != state["sha256"]:
+            raise CheckpointError(f"resume state {str(path)!r} does not match the sha256 in {str(self.state_file)!r}")
+        tensors = read_weights(path)
+        model.load_state_dict({k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")})
+        head.load_state_dict({k.removeprefix("classifier."): v for k, v in tensors.items() if k.startswith("classifier.")})
+        for i, p in enumerate(opt.param_groups[0]["params"]):
+            buf = tensors.get(f"optimizer.{i}.momentum_buffer")
+            if buf is not None:
+                opt.state[p]["momentum_buffer"] = buf
+        return int(state["epoch"]), state["records"]
+
+    def clear(self) -> None:
+        for f in self.dir.glob("*"):
+            f.unlink()
+        if self.dir.is_dir():
+            self.dir.rmdir()
+
+
+@dataclass
+class _Split:
+    """Images uint8 [N, H, W, C] and labels int64 [N] in 0..s-1."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+def _classifier_tensors(head: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return head.weight.detach(), None if head.bias is None else head.bias.detach()
+
+
+def _accuracy(head: nn.Linear, features: torch.Tensor, labels: np.ndarray) -> float:
+    """Classifier accuracy on features [N, m] with labels [N] in 0..s-1."""
+    with torch.inference_mode():
+        return float((head(features).argmax(1).numpy() == labels).mean())
+
+
+def _track(model: nn.Module, head: nn.Linear, train: _Split, test: _Split | None, layer_idx: np.ndarray, pp: dict) -> tuple[dict, list[dict]]:
+    """Collapse metrics at one epoch: (scalar row, per-layer rows)."""
+    weight, bias = _classifier_tensors(head)
+    feats = extract(model, train.images, pp)
+    row = {"train_acc": _accuracy(head, feats, train.labels)}
+    test_feats = None
+    if test is not None:
+        test_feats = extract(model, test.images, pp)
+        row["test_acc"] = _accuracy(head, test_feats, test.labels)
+    row.update(
+        collapse_report(feats, train.labels, test_feats, None if test is None else test.labels, weight=weight, bias=bias)
+    )
+    sub_feats, taps = extract(model, train.images[layer_idx], pp, layers=True)
+    sub_labels = train.labels[layer_idx]
+    layer_rows = []
+    for variant in ("flat", "pooled"):
+        names = [k for k in taps if k.endswith("/" + variant)]
+        if not names:
+            continue
+        curves = layer_curves([taps[k] for k in names] + [sub_feats], sub_labels)
+        row["effective_depth" if variant == "flat" else "effective_depth_pooled"] = int(curves["effective_depth"])
+        for name, err, cd in zip(names + [f"features/{variant}"], curves["ncc_error"], curves["cdnv"]):
+            layer_rows.append({"layer": name, "ncc_error": float(err), "cdnv": float(cd)})
+    return row, layer_rows
+
+
+def _csv_bytes(rows: list[dict], lead: list[str]) -> bytes:
+    """CSV of ``rows``: the ``lead`` columns, then the other keys sorted; missing values are empty cells."""
+    rest = sorted({k for r in rows for k in r} - set(lead))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=lead + rest, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
+    return buf.getvalue().encode()
+
+
+def _write_curves(out_dir: Path, records: list[dict]) -> None:
+    scalars = [{k: v for k, v in r.items() if k != "layers"} for r in records]
+    layers = [{"epoch": r["epoch"], **lr} for r in records for lr in r.get("layers", [])]
+    atomic_write(out_dir / CURVE_FILE, _csv_bytes(scalars, ["epoch", "lr", "loss", "running_acc"]))
+    if layers:
+        atomic_write(out_dir / LAYER_CURVE_FILE, _csv_bytes(layers, ["epoch", "layer", "ncc_error", "cdnv"]))
+
+
+def _check_same_run(out_dir: Path, identity: dict) -> None:
+    run_file = out_dir / RUN_FILE
+    if not run_file.is_file():
+        return
+    previous = json.loads(run_file.read_text())
+    differ = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
+    if differ:
+        detail = "; ".join(f"{k}: {previous.get(k)!r} there, {identity.get(k)!r} now" for k in differ)
+        raise CheckpointError(f"{str(out_dir)!r} holds a different pretraining run ({detail}); use another out_dir or delete it")
+
+
+def _train_epoch(model: nn.Module, head: nn.Linear, opt: torch.optim.SGD, images: torch.Tensor, labels: torch.Tensor,
+                 pp: dict, loss_kind: str, batch_size: int, generator: torch.Generator) -> tuple[float, float]:
+    """One epoch over shuffled full batches; returns (mean loss, running accuracy)."""
+    model.train()
+    head.train()
+    n = len(labels)
+    bs = min(batch_size, n)
+    order = torch.randperm(n, generator=generator)
+    total_loss = torch.zeros((), dtype=torch.float64)
+    correct = torch.zeros((), dtype=torch.int64)
+    steps = n // bs
+    for b in range(steps):
+        idx = order[b * bs : (b + 1) * bs]
+        target = labels[idx]
+        logits = head(model(to_input(images[idx], pp)))
+        loss = _loss(loss_kind, logits, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total_loss += loss.detach()
+        correct += (logits.detach().argmax(1) == target).sum()
+    return float(total_loss) / steps, int(correct) / (steps * bs)
+
+
+def pretrain(
+    backbone: str,
+    dataset: ImageDataset,
+    train_idx: np.ndarray,
+    test_idx: np.ndarray | None,
+    config: PretrainConfig,
+    out_dir: Path,
+    *,
+    seed: int,
+    backbone_options: dict | None = None,
+    card_extra: dict | None = None,
+) -> Path:
+    """Train ``backbone`` on ``dataset.images[train_idx]`` (labels remapped to 0..s-1 in sorted order of the
+    original labels) and write the checkpoint, card and collapse curves into ``out_dir``; returns ``out_dir``.
+
+    ``test_idx`` (held-out images of the same source classes) is only used for tracking. A partial run in
+    ``out_dir`` with the same inputs is resumed; a finished one is returned at once; a different run there
+    raises CheckpointError. ``card_extra`` keys (e.g. ``name``, ``task``) are added to the card.
+    """
+    if not isinstance(config, PretrainConfig):
+        raise ValueError(f"config must be a PretrainConfig, got {type(config).__name__}")
+    if not _is_int(seed):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    card_fields = {f.name for f in dataclasses.fields(Card)}
+    clash = sorted(set(card_extra or {}) & card_fields)
+    if clash:
+        raise ValueError(f"card_extra keys {clash} are card fields set by pretrain; use other names")
+    out_dir = Path(out_dir)
+    n = len(dataset.labels)
+    train_idx = _check_indices("train_idx", train_idx, n)
+    classes = np.unique(dataset.labels[train_idx])
+    if len(classes) < 2:
+        raise ValueError(f"train_idx must cover at least 2 classes, got {len(classes)}")
+    train = _Split(np.ascontiguousarray(dataset.images[train_idx]), np.searchsorted(classes, dataset.labels[train_idx]))
+    test = None
+    if test_idx is not None:
+        test_idx = _check_indices("test_idx", test_idx, n)
+        test_labels = dataset.labels[test_idx]
+        if not np.isin(test_labels, classes).all():
+            raise ValueError("test_idx holds images of classes that are not in train_idx")
+        test = _Split(np.ascontiguousarray(dataset.images[test_idx]), np.searchsorted(classes, test_labels))
+    options = {"in_channels": dataset.channels, "image_size": list(dataset.image_size), **(backbone_options or {})}
+    pp = preprocessing_of(dataset)
+    identity = {
+        "backbone": backbone,
+        "backbone_options": options,
+        "dataset": dataset.name,
+        "source_classes": [dataset.class_names[c] for c in classes],
+        "train_idx_sha256": hashlib.sha256(train_idx.tobytes()).hexdigest(),
+        "test_idx_sha256": None if test_idx is None else hashlib.sha256(test_idx.tobytes()).hexdigest(),
+        "recipe": {k: v for k, v in dataclasses.asdict(config).items() if k != "num_threads"},
+        "seed": int(seed),
+        "preprocessing": pp,
+    }
+    identity = json.loads(json.dumps(identity))  # tuples -> lists, as read back from run.json
+    run_id = _digest(identity)
+    _check_same_run(out_dir, identity)
+    if (out_dir / CARD_FILE).is_file():
+        if read_card(out_dir).run_id != run_id:
+            raise CheckpointError(f"{str(out_dir)!r} holds the checkpoint of a different run; use another out_dir")
+        logger.info("%s already holds this finished checkpoint", out_dir)
+        return out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / RUN_FILE, identity)
+    _set_threads(config.num_threads)
+
+    k = len(classes)
+    per_class = config.track_per_class
+    layer_idx = np.sort(np.concatenate([np.flatnonzero(train.labels == c)[: per_class or None] for c in range(k)]))
+    images_t, labels_t = torch.from_numpy(train.images), torch.from_numpy(train.labels)
+    resume = _Resume(out_dir)
+    with _deterministic(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_backbone(backbone, **options)
+        head = _make_classifier(config.classifier, model.feature_dim, k, seed)
+        params = [p for p in (*model.parameters(), *head.parameters()) if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        start, records = resume.load(model, head, opt)
+        if start:
+            logger.info("resuming %s from epoch %d of %d", out_dir, start, config.epochs)
+        elif config.track_every:
+            row, layer_rows = _track(model, head, train, test, layer_idx, pp)
+            records.append({"epoch": 0, **row, "layers": layer_rows})
+        bar = tqdm(range(start, config.epochs), initial=start, total=config.epochs, desc=f"pretrain {backbone}", unit="epoch", disable=None)
+        for epoch in bar:
+            lr = config.lr_at(epoch)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            torch.manual_seed(_epoch_seed(seed, epoch))
+            generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
+            loss, acc = _train_epoch(model, head, opt, images_t, labels_t, pp, config.loss, config.batch_size, generator)
+            record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "loss": loss, "running_acc": acc}
+            if config.track_every and ((epoch + 1) % config.track_every == 0 or epoch + 1 == config.epochs):
+                row, layer_rows = _track(model, head, train, test, layer_idx, pp)
+                record.update(row, layers=layer_rows)
+            records.append(record)
+            bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}")
+            resume.save(epoch + 1, model, head, opt, records)
+            _write_curves(out_dir, records)
+        last = records[-1]  # the last epoch's record (every epoch appends one)
+        if "train_acc" in last:  # tracked at the last epoch
+            train_acc = last["train_acc"]
+        else:
+            train_acc = _accuracy(head, extract(model, train.images, pp), train.labels)
+        weight, bias = _classifier_tensors(head)
+        card = Card(
+            backbone=backbone,
+            backbone_options=options,
+            feature_dim=int(model.feature_dim),
+            dataset=dataset.name,
+            source_classes=identity["source_classes"],
+            num_train=len(train_idx),
+            recipe=dataclasses.asdict(config),
+            seed=int(seed),
+            epochs=config.epochs,
+            preprocessing=pp,
+            run_id=run_id,
+            train_loss=last["loss"],
+            train_acc=train_acc,
+            extra=dict(card_extra or {}),
+        )
+        save_checkpoint(out_dir, model, card, classifier={"weight": weight, "bias": bias})
+    resume.clear()
+    logger.info("pretrained %s on %d classes: train accuracy %.4f, loss %.4g -> %s", backbone, k, train_acc, card.train_loss, out_dir)
+    return out_dir
