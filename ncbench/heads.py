@@ -1,0 +1,480 @@
+"""Few-shot heads on cached features, fitted on one support set or on thousands of episodes at once.
+
+Every head here is a linear classifier on (possibly transformed) features: it turns a support set into a
+weight ``[W, m]`` (one row per class, like sklearn's ``coef_``) and a bias ``[W]``, and predicts
+``argmax_c (weight @ t(x) + bias)_c``.
+
+- :class:`RidgeHead` -- least squares onto one-hot targets, unpenalised intercept, penalty ``alpha``.
+  Same argmax as scikit-learn's ``RidgeClassifier(alpha)``: sklearn regresses onto ``2 T - 1`` (``T`` the
+  one-hot matrix) after centring X and Y. Ridge with an intercept is linear in the targets, so its scores
+  are ``2 s - 1`` for our scores ``s``: same argmax, same first-index tie-break. For two classes sklearn
+  fits the single column ``2 T[:, 1] - 1 = T[:, 1] - T[:, 0]`` and predicts class 1 iff its decision
+  ``s_1 - s_0 > 0``, which is again our argmax (a tie goes to class 0 in both).
+- :class:`NCCHead` -- nearest class mean, Euclidean; with ``cl2n=True`` SimpleShot's CL2N: subtract
+  ``center`` (the source-train mean feature) and L2-normalise before taking means. As a linear rule:
+  ``-|x - mu_c|^2 = 2 x.mu_c - |mu_c|^2 - |x|^2`` and ``|x|^2`` does not depend on the class.
+- :class:`LogisticHead` -- RFS (Tian et al. 2020): L2-normalised features, multinomial logistic regression
+  with sklearn's ``LogisticRegression(C)`` objective ``C * sum_i CE_i + |weight|_F^2 / 2`` (intercept not
+  penalised), solved by batched Newton's method. For two classes sklearn fits a binary (sigmoid) model
+  ``C * sum_i log(1 + exp(-y_i v.x_i)) + |v|^2 / 2``; a two-class softmax with weights ``(w_0, w_1)`` only
+  sees ``v = w_1 - w_0`` and its penalty is smallest at ``w_1 = -w_0 = v / 2``, where it equals ``|v|^2 / 4``,
+  so the two-class softmax with ``C / 2`` is exactly sklearn's binary model.
+
+Fits are computed in float64 (the inputs may be any float dtype) and checked against sklearn's float64
+solutions. The ridge dual form centres the n x n gram rather than X (no centred copy of the support set);
+its rounding grows like (|common mean| / spread)^2 * 1e-16, about 1e-11 for an offset 100 x the spread.
+In :func:`episode_accuracy`, float32 features given to a head on raw features (ridge, plain NCC) have their
+queries scored in float32 with a proven error bound, and rescored in float64 where the bound does not
+separate the top class (:func:`_certified_argmax`): the predictions are those of the float64 scores.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ncbench.registry import register_head
+
+log = logging.getLogger(__name__)
+
+#: working memory of one chunk of episodes in :func:`episode_accuracy` when ``chunk_size`` is not given:
+#: a share of a last-level cache; chunks of about 5-30 five-way 640-d episodes measured fastest
+CHUNK_BUDGET_BYTES = 8 * 2**20
+_F64 = 8
+
+
+# ----------------------------------------------------------------------------------------------- validation
+def _float_tensor(x: Any, name: str, shape: str, ndim: int) -> torch.Tensor:
+    """``x`` as a float64 tensor, checked for rank and finiteness; ``shape`` names the expected shape."""
+    t = torch.as_tensor(x)
+    if t.ndim != ndim or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"{name}: expected a real {shape} array, got {t.dtype} with shape {tuple(t.shape)}")
+    t = t.to(torch.float64)
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name}: contains NaN or infinite values")
+    return t
+
+
+def _int_tensor(x: Any, name: str, shape: tuple[int, ...] | None, shape_text: str) -> torch.Tensor:
+    """``x`` as an int64 tensor of exactly ``shape`` (``None``: any 2-D shape)."""
+    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"{name}: expected integer labels/indices, got dtype {t.dtype}")
+    if (t.ndim != 2) if shape is None else (tuple(t.shape) != shape):
+        raise ValueError(f"{name}: expected shape {shape_text}{'' if shape is None else f' = {shape}'}, "
+                         f"got {tuple(t.shape)}")
+    return t.to(torch.int64)
+
+
+def _positive(value: Any, name: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return v
+
+
+def _one_hot(labels: torch.Tensor, name: str) -> torch.Tensor:
+    """labels: [E, n] int in 0..W-1, every label present in every episode -> [E, n, W] float64."""
+    if labels.numel() and int(labels.min()) < 0:
+        raise ValueError(f"{name}: labels must lie in 0..W-1, got {int(labels.min())}")
+    ways = int(labels.max()) + 1 if labels.numel() else 0
+    if ways < 2:
+        raise ValueError(f"{name}: need at least 2 classes per episode, got labels 0..{ways - 1}")
+    onehot = torch.nn.functional.one_hot(labels, ways).to(torch.float64)
+    missing = (onehot.sum(1) == 0).nonzero()
+    if len(missing):
+        e, k = (int(v) for v in missing[0])
+        raise ValueError(f"{name}: episode {e} has no support example of label {k}; every episode must "
+                         f"contain every label 0..{ways - 1}")
+    return onehot
+
+
+# -------------------------------------------------------------------------------------------------- heads
+class Head:
+    """A linear few-shot head: ``scores = transform(x) @ weight.T + bias``, prediction = argmax.
+
+    Subclasses define :meth:`transform` (features -> features; :attr:`raw_features` says it is the identity),
+    :meth:`solve` (the batched fit) and :meth:`bytes_per_episode` (memory estimate that sizes chunks).
+    """
+
+    classes_: np.ndarray
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [..., m] float64 -> [..., m] float64; identity unless the head normalises features."""
+        return x
+
+    def solve(self, support_x: torch.Tensor, onehot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """support_x: [E, n, m] float64 (transformed), onehot: [E, n, W] float64 -> (weight [E, W, m], bias [E, W])."""
+        raise NotImplementedError
+
+    def bytes_per_episode(self, n_support: int, n_query: int, dim: int, ways: int) -> int:
+        """Approximate float64 working memory of one episode: its gathered features plus what :meth:`transform`
+        and :meth:`solve` allocate."""
+        return _F64 * (n_support + n_query) * dim
+
+    # -- one support set
+    def fit(self, X: Any, y: Any) -> "Head":
+        """X: [n, m] float (numpy or torch), y: [n] int labels (any integers, at least two distinct)."""
+        X = _float_tensor(X, "X", "[n, m]", 2)
+        y = _int_tensor(y, "y", (X.shape[0],), "[n] matching X")
+        classes, codes = torch.unique(y, return_inverse=True)
+        self.classes_ = classes.numpy()
+        self.weight_, self.bias_ = (p[0] for p in self.solve(self.transform(X)[None], _one_hot(codes[None], "y")))
+        return self
+
+    def predict(self, Xq: Any) -> np.ndarray:
+        """Xq: [q, m] float -> [q] int64 labels from the label set of ``y`` given to :meth:`fit`."""
+        if not hasattr(self, "weight_"):
+            raise RuntimeError(f"{type(self).__name__}.predict called before fit")
+        Xq = _float_tensor(Xq, "Xq", "[q, m]", 2)
+        if Xq.shape[1] != self.weight_.shape[1]:
+            raise ValueError(f"Xq: expected {self.weight_.shape[1]} features per row (as in fit), got {Xq.shape[1]}")
+        scores = self.transform(Xq) @ self.weight_.T + self.bias_
+        return self.classes_[scores.argmax(-1).numpy()]
+
+    # -- many episodes at once
+    def predict_episodes(self, support_x: Any, support_y: Any, query_x: Any) -> np.ndarray:
+        """Fit one head per episode and predict its queries, all episodes in one batched solve.
+
+        support_x: [E, n_s, m] float, support_y: [E, n_s] int in 0..W-1 (every label in every episode),
+        query_x: [E, n_q, m] float -> [E, n_q] int64 predicted labels in 0..W-1.
+        """
+        sx = _float_tensor(support_x, "support_x", "[E, n_s, m]", 3)
+        qx = _float_tensor(query_x, "query_x", "[E, n_q, m]", 3)
+        if qx.shape[0] != sx.shape[0] or qx.shape[2] != sx.shape[2]:
+            raise ValueError(f"query_x: expected shape [E={sx.shape[0]}, n_q, m={sx.shape[2]}] to match support_x, "
+                             f"got {tuple(qx.shape)}")
+        onehot = _one_hot(_int_tensor(support_y, "support_y", tuple(sx.shape[:2]), "[E, n_s]"), "support_y")
+        return self._predict_checked(sx, onehot, qx).numpy()
+
+    @property
+    def raw_features(self) -> bool:
+        """True when :meth:`transform` is the identity (queries may then be scored by :func:`_certified_argmax`)."""
+        return False
+
+    def _predict_checked(self, support_x: torch.Tensor, onehot: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
+        """Validated float64 support_x [E, n_s, m], onehot [E, n_s, W], query_x [E, n_q, m] -> [E, n_q] int64.
+
+        query_x may be float32 when :attr:`raw_features`: it is then scored by :func:`_certified_argmax`,
+        which returns the float64 argmax.
+        """
+        weight, bias = self.solve(self.transform(support_x), onehot)
+        if query_x.dtype == torch.float32 and self.raw_features:
+            return _certified_argmax(weight, bias, query_x)
+        query_x = self.transform(query_x.to(torch.float64))
+        # [E, W, n_q] = weight query^T: the faster layout for a few classes and many features
+        return torch.baddbmm(bias[:, :, None], weight, query_x.transpose(1, 2)).argmax(1)
+
+
+def _gamma(n: int, unit_roundoff: float) -> float:
+    """Higham's gamma_n = n u / (1 - n u): bounds the relative error of an n-term float sum, in any order."""
+    return n * unit_roundoff / (1 - n * unit_roundoff)
+
+
+def _certified_argmax(weight: torch.Tensor, bias: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
+    """argmax_c of ``weight @ q + bias`` scored in float32, with float64 rescoring wherever float32 is not enough.
+
+    weight: [E, W, m] float64, bias: [E, W] float64, query_x: [E, n_q, m] float32 (exact inputs) -> [E, n_q] int64.
+    With w, b rounded to float32 (relative error u32) and the m + 1 term sum done in float32 in any order,
+    each float32 score is within ``(gamma32_{m+1} + 2 u32) (|w|.|q| + |b|)`` of the exact score, and
+    ``|w|.|q| <= |w|_2 |q|_2`` (plus an absolute term for float32 underflow; overflow is never trusted).
+    Adding twice float64's own bound ``gamma64_{m+1}``, a query whose top float32
+    score minus its bound exceeds every other score plus its bound has the same argmax as the exact and the
+    float64 scores; the few other queries are rescored in float64.
+    """
+    m = weight.shape[2]
+    u32, u64 = 2.0 ** -24, 2.0 ** -53
+    rel = 1.001 * (_gamma(m + 1, u32) + 2 * u32 + 2 * _gamma(m + 1, u64))
+    scores = torch.baddbmm(bias.to(torch.float32)[:, :, None], weight.to(torch.float32), query_x.transpose(1, 2))
+    q_norm = torch.linalg.vector_norm(query_x, dim=2).to(torch.float64)  # [E, n_q]; its rounding (< 1e-4) is in 1.001
+    bound = rel * (torch.linalg.vector_norm(weight, dim=2)[:, :, None] * q_norm[:, None, :] + bias.abs()[:, :, None])
+    bound += (m + 2) * 2.0 ** -126 * (1 + m ** 0.5 * q_norm[:, None, :])                    # float32 underflow
+    scores = scores.to(torch.float64)
+    pred = scores.argmax(1)                                                                   # [E, n_q]
+    upper = (scores + bound).scatter(1, pred[:, None], -math.inf).amax(1)
+    lower = (scores - bound).gather(1, pred[:, None])[:, 0]
+    unsure = ~(lower > upper) | ~torch.isfinite(scores).all(1)                                 # overflow: unsure
+    e, j = unsure.nonzero(as_tuple=True)
+    if len(e):
+        exact = torch.baddbmm(bias[e][:, :, None], weight[e], query_x[e, j].to(torch.float64)[:, :, None])
+        pred[e, j] = exact[:, :, 0].argmax(1)
+    return pred
+
+
+class RidgeHead(Head):
+    """Ridge regression onto one-hot targets with an unpenalised intercept (= sklearn ``RidgeClassifier``).
+
+    ``min_{w, b} |X w + 1 b - T|_F^2 + alpha |w|_F^2``; with centred ``Xc``, ``Tc`` the weight is
+    ``(Xc^T Xc + alpha I_m)^-1 Xc^T Tc`` (primal, n >= m) or ``Xc^T (Xc Xc^T + alpha I_n)^-1 Tc`` (dual, n < m),
+    and ``b = mean(T) - mean(X) w``. Both are batched Cholesky solves.
+    """
+
+    def __init__(self, alpha: float = 1.0):
+        self.alpha = _positive(alpha, "alpha")
+
+    raw_features = True
+
+    def solve(self, support_x, onehot):
+        x_mean, t_mean = support_x.mean(1, keepdim=True), onehot.mean(1, keepdim=True)   # [E, 1, m], [E, 1, W]
+        tc = onehot - t_mean
+        n, m = support_x.shape[1:]
+        if n < m:
+            # centred gram (I - 11^T/n) X X^T (I - 11^T/n) from the n x n gram: no centred copy of X
+            gram = support_x @ support_x.transpose(1, 2)
+            row = gram.mean(2, keepdim=True)
+            gram = gram - row - row.transpose(1, 2) + row.mean(1, keepdim=True)
+            gram.diagonal(dim1=1, dim2=2).add_(self.alpha)
+            coef = torch.cholesky_solve(tc, torch.linalg.cholesky(gram))                  # [E, n, W]
+            # weight = coef^T Xc = coef^T X - (coef^T 1) mean(X)
+            weight = torch.baddbmm(coef.sum(1)[:, :, None] * x_mean, coef.transpose(1, 2), support_x, beta=-1)
+        else:
+            xc = support_x - x_mean
+            gram = xc.transpose(1, 2) @ xc
+            gram.diagonal(dim1=1, dim2=2).add_(self.alpha)
+            weight = torch.cholesky_solve(xc.transpose(1, 2) @ tc, torch.linalg.cholesky(gram)).transpose(1, 2)
+        bias = t_mean[:, 0] - (weight @ x_mean.transpose(1, 2))[:, :, 0]
+        return weight, bias
+
+    def bytes_per_episode(self, n_support, n_query, dim, ways):
+        k = min(n_support, dim)
+        extra = (n_support * dim if n_support >= dim else 0) + 3 * k * k + 2 * dim * ways  # (centred x,) gram, weight
+        return super().bytes_per_episode(n_support, n_query, dim, ways) + _F64 * extra
+
+
+class NCCHead(Head):
+    """Nearest class mean (Euclidean); ``cl2n=True``: SimpleShot CL2N, ``x -> (x - center) / |x - center|``.
+
+    center: [m] float, the mean feature of the source-train set (required when ``cl2n=True``).
+    """
+
+    def __init__(self, cl2n: bool = False, center: Any = None):
+        if not isinstance(cl2n, bool):
+            raise ValueError(f"cl2n must be True or False, got {cl2n!r}")
+        self.cl2n = cl2n
+        self.center = None if center is None else _float_tensor(center, "center", "[m]", 1)
+
+    @property
+    def raw_features(self) -> bool:
+        return not self.cl2n
+
+    def transform(self, x):
+        if not self.cl2n:
+            return x
+        if self.center is None:
+            raise ValueError("center: NCCHead(cl2n=True) needs the source-train mean feature [m] as `center`")
+        if self.center.shape[0] != x.shape[-1]:
+            raise ValueError(f"center: expected {x.shape[-1]} features to match the data, got {self.center.shape[0]}")
+        return torch.nn.functional.normalize(x - self.center, dim=-1)
+
+    def bytes_per_episode(self, n_support, n_query, dim, ways):
+        extra = (n_support + n_query) * dim if self.cl2n else 0                   # normalised copies
+        return super().bytes_per_episode(n_support, n_query, dim, ways) + _F64 * (extra + 2 * ways * dim)
+
+    def solve(self, support_x, onehot):
+        means = onehot.transpose(1, 2) @ support_x / onehot.sum(1)[..., None]       # [E, W, m]
+        return 2 * means, -(means * means).sum(-1)
+
+
+class LogisticHead(Head):
+    """RFS logistic regression: L2-normalised features, sklearn ``LogisticRegression(C)`` objective.
+
+    Solved by batched Newton's method with backtracking. With n support samples and m features the
+    weight lies in the row space of the support features (representer theorem), so when n < m the
+    problem is solved in an orthonormal basis of that space (QR of ``X^T``): n * W + W unknowns per
+    episode instead of m * W + W. The intercept is invariant to adding a constant to every class; the
+    Newton system adds the projector onto that direction, which gives the minimum-norm exact Newton step.
+    Stops after the full Newton step taken once every episode's Newton decrement (about twice the gap to
+    the optimum) is below ``tol``.
+    """
+
+    def __init__(self, C: float = 1.0, tol: float = 1e-12, max_iter: int = 50):
+        self.C = _positive(C, "C")
+        self.tol = _positive(tol, "tol")
+        if not isinstance(max_iter, int) or max_iter < 1:
+            raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+        self.max_iter = max_iter
+
+    def transform(self, x):
+        return torch.nn.functional.normalize(x, dim=-1)
+
+    def solve(self, support_x, onehot):
+        E, n, m = support_x.shape
+        ways = onehot.shape[2]
+        basis = torch.linalg.qr(support_x.transpose(1, 2))[0] if n < m else None   # [E, m, n]
+        z = support_x @ basis if basis is not None else support_x                    # [E, n, r]
+        z = torch.cat([z, z.new_ones(E, n, 1)], dim=2)                               # [E, n, r+1], bias last
+        r1 = z.shape[2]
+        c = self.C / 2 if ways == 2 else self.C                                     # sklearn's binary model
+        pen = torch.ones(r1, 1, dtype=z.dtype)
+        pen[-1] = 0                                                                  # intercept unpenalised
+        # projector onto the null direction (equal shift of every class intercept), in the flat (a, k) index
+        null = torch.zeros(r1, ways, dtype=z.dtype)
+        null[-1] = ways ** -0.5
+        null = null.reshape(-1)
+        null_proj = torch.outer(null, null)
+
+        def objective(v):
+            logits = z @ v
+            loss = (torch.logsumexp(logits, -1) - (logits * onehot).sum(-1)).sum(-1)
+            return c * loss + 0.5 * (pen * v * v).sum((1, 2))
+
+        v = z.new_zeros(E, r1, ways)
+        f = objective(v)
+        for _ in range(self.max_iter):
+            p = torch.softmax(z @ v, dim=-1)                                         # [E, n, W]
+            grad = c * z.transpose(1, 2) @ (p - onehot) + pen * v                    # [E, r1, W]
+            zp = z[:, :, :, None] * p[:, :, None, :]                                 # [E, n, r1, W]
+            diag_blocks = torch.einsum("eiak,eib->eakb", zp, z)                      # [E, r1, W, r1]
+            hess = -c * (zp.reshape(E, n, -1).transpose(1, 2) @ zp.reshape(E, n, -1))  # [E, D, D]
+            hess = hess.view(E, r1, ways, r1, ways)
+            hess += c * diag_blocks[..., None] * torch.eye(ways, dtype=z.dtype).view(ways, 1, ways)  # delta_kl
+            hess = hess.view(E, r1 * ways, r1 * ways)
+            hess.diagonal(dim1=1, dim2=2).add_(pen.expand(r1, ways).reshape(-1))
+            hess += null_proj
+            g = grad.reshape(E, -1, 1)
+            step = -torch.cholesky_solve(g, torch.linalg.cholesky(hess))
+            decrement = -(g * step).sum((1, 2))                                      # [E] >= 0
+            step = step.view(E, r1, ways)
+            if float(decrement.max()) <= self.tol:  # quadratic regime: a last full step, then stop
+                v = v + step
+                break
+            t = torch.ones(E, dtype=z.dtype)
+            for _ in range(40):                                                      # Armijo backtracking
+                f_new = objective(v + t[:, None, None] * step)
+                ok = f_new <= f - 1e-4 * t * decrement
+                if bool(ok.all()):
+                    break
+                t = torch.where(ok, t, t / 2)
+            v = v + t[:, None, None] * step
+            f = f_new
+        else:
+            log.warning("LogisticHead: Newton stopped after max_iter=%d iterations, largest Newton decrement "
+                        "%.3g > tol=%.3g", self.max_iter, float(decrement.max()), self.tol)
+        weight = v[:, :-1].transpose(1, 2)                                             # [E, W, r]
+        if basis is not None:
+            weight = weight @ basis.transpose(1, 2)
+        return weight, v[:, -1]
+
+    def bytes_per_episode(self, n_support, n_query, dim, ways):
+        r = min(n_support, dim)
+        d = (r + 1) * ways
+        extra = (n_support + n_query) * dim + dim * r + 3 * d * d + 2 * n_support * d  # normalised x, basis, Newton
+        return super().bytes_per_episode(n_support, n_query, dim, ways) + _F64 * extra
+
+
+# ---------------------------------------------------------------------------------------------- registry
+def _build(name: str, cls: type, options: dict[str, Any], allowed: tuple[str, ...], **fixed: Any) -> Head:
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"head {name!r}: unknown option(s) {', '.join(map(repr, unknown))}; "
+                         f"known: {', '.join(allowed) or 'none'}")
+    return cls(**fixed, **options)
+
+
+@register_head("ridge")
+def ridge_head(**options: Any) -> RidgeHead:
+    """Options: ``alpha`` (float > 0, default 1.0)."""
+    return _build("ridge", RidgeHead, options, ("alpha",))
+
+
+@register_head("ncc")
+def ncc_head(**options: Any) -> NCCHead:
+    """No options."""
+    return _build("ncc", NCCHead, options, ())
+
+
+@register_head("ncc-cl2n")
+def ncc_cl2n_head(**options: Any) -> NCCHead:
+    """Options: ``center`` ([m] float, the source-train mean feature; required before fitting)."""
+    return _build("ncc-cl2n", NCCHead, options, ("center",), cl2n=True)
+
+
+@register_head("logistic")
+def logistic_head(**options: Any) -> LogisticHead:
+    """Options: ``C`` (float > 0, default 1.0), ``tol``, ``max_iter`` (Newton stopping rule)."""
+    return _build("logistic", LogisticHead, options, ("C", "tol", "max_iter"))
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+def episode_accuracy(head: Head, features: Any, support: Any, support_labels: Any, query: Any, query_labels: Any,
+                     *, chunk_size: int | None = None, return_predictions: bool = False):
+    """Per-episode query accuracy of ``head`` fitted on each episode's support set.
+
+    features: [N, m] float (any float dtype; converted to float64 once);
+    support: [E, n_s] int indices into features, support_labels: [E, n_s] int in 0..W-1;
+    query: [E, n_q] int indices into features, query_labels: [E, n_q] int in 0..W-1.
+    chunk_size: episodes per batched solve; default: as many as fit in :data:`CHUNK_BUDGET_BYTES`
+    (small chunks stay in cache; the gathered features of a chunk reuse the same buffers).
+    Returns acc: [E] float64, and with ``return_predictions=True`` also predictions [E, n_q] int64.
+    """
+    feats = torch.as_tensor(features)
+    if feats.ndim != 2 or not feats.is_floating_point():
+        raise ValueError(f"features: expected a [N, m] float array, got {feats.dtype} with shape {tuple(feats.shape)}")
+    # float32 features and a head on raw features: queries are scored in float32 with a float64 guarantee
+    fast = feats.dtype == torch.float32 and head.raw_features
+    feats = (feats if fast else feats.to(torch.float64)).contiguous()
+    if not torch.isfinite(feats).all():
+        raise ValueError("features: contains NaN or infinite values")
+    n_total, dim = feats.shape
+    sup = _int_tensor(support, "support", None, "[E, n_s]")
+    E, n_s = sup.shape
+    qry = _int_tensor(query, "query", None, "[E, n_q]")
+    if qry.shape[0] != E:
+        raise ValueError(f"query: expected [E={E}, n_q] indices like support, got shape {tuple(qry.shape)}")
+    n_q = qry.shape[1]
+    sup_y = _int_tensor(support_labels, "support_labels", (E, n_s), "[E, n_s] like support")
+    onehot = _one_hot(sup_y, "support_labels")
+    qry_y = _int_tensor(query_labels, "query_labels", (E, n_q), "[E, n_q] like query").numpy()
+    for name, idx in (("support", sup), ("query", qry)):
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_total):
+            raise ValueError(f"{name}: indices must lie in 0..{n_total - 1} (rows of features), "
+                             f"got {int(idx.min())}..{int(idx.max())}")
+    if chunk_size is None:
+        chunk_size = max(1, CHUNK_BUDGET_BYTES // head.bytes_per_episode(n_s, n_q, dim, onehot.shape[2]))
+    elif not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    chunk_size = min(chunk_size, E)
+
+    rows = torch.cat([sup, qry], dim=1)                                     # [E, n_s + n_q]
+    buf = feats.new_empty(chunk_size * (n_s + n_q), dim)                   # reused: no page faults per chunk
+    sup64 = feats.new_empty(chunk_size * n_s, dim, dtype=torch.float64) if fast else None
+    preds = np.empty((E, n_q), dtype=np.int64)
+    correct = 0
+    with tqdm(total=E, desc=f"{type(head).__name__} episodes", unit="ep", disable=None, leave=False) as bar:
+        for lo in range(0, E, chunk_size):
+            hi = min(lo + chunk_size, E)
+            k = hi - lo
+            x = torch.index_select(feats, 0, rows[lo:hi].reshape(-1), out=buf[: k * (n_s + n_q)])
+            x = x.view(k, n_s + n_q, dim)
+            sx = sup64[: k * n_s].view(k, n_s, dim).copy_(x[:, :n_s]) if fast else x[:, :n_s]
+            preds[lo:hi] = head._predict_checked(sx, onehot[lo:hi], x[:, n_s:]).numpy()
+            correct += int((preds[lo:hi] == qry_y[lo:hi]).sum())
+            bar.update(k)
+            bar.set_postfix(acc=f"{correct / (hi * n_q):.4f}", refresh=False)
+    acc = (preds == qry_y).mean(axis=1, dtype=np.float64)
+    return (acc, preds) if return_predictions else acc
+
+
+def mean_ci95(values: Any) -> tuple[float, float, int]:
+    """Mean and 95 % confidence half-width of the mean: ``1.96 * std / sqrt(n)``, std with ``ddof=1``.
+
+    values: [n] finite numbers (e.g. per-episode accuracies). The sample standard deviation (ddof=1) is
+    the unbiased-variance estimate used for a confidence interval of a mean; with n = 1 it is undefined
+    and ci95 is NaN. Returns (mean: float, ci95: float, n: int).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or v.size == 0:
+        raise ValueError(f"values: expected a non-empty 1-D array of numbers, got shape {v.shape}")
+    if not np.isfinite(v).all():
+        raise ValueError("values: contains NaN or infinite values")
+    n = int(v.size)
+    ci = 1.96 * float(v.std(ddof=1)) / math.sqrt(n) if n > 1 else math.nan
+    return float(v.mean()), ci, n
