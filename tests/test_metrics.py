@@ -447,3 +447,14 @@ def test_coinciding_class_means_give_infinite_cdnv():
     V = M.cdnv_matrix(F, y).numpy()
     assert np.isinf(V[0, 1]) and np.isinf(V[1, 0]) and np.isfinite(V[0, 2]) and V[0, 0] == 0.0
     assert M.cdnv(F, y) == float("inf")
+
+
+def test_dead_units_do_not_make_nc1_infinite():
+    """m < K − 1 with dead (always-zero) feature units, as ReLU nets give: Σ_B^† skips the exact zero
+    eigenvalues, so NC1 equals NC1 computed on the live units alone."""
+    F, y = make_data(K=12, m=6, counts=[8] * 12, seed=3)
+    dead = np.concatenate([F, np.zeros((len(F), 3))], axis=1)  # 9 units, 3 of them dead; K − 1 = 11
+    assert close(M.nc1(dead, y), bf_nc1(F, y))
+    assert np.isfinite(M.nc1(dead, y))
+    report = M.collapse_report(dead, y, dead, y)
+    assert close(report["nc1"], bf_nc1(F, y)) and close(report["strong_test_collapse"], bf_nc1(F, y))

@@ -171,12 +171,19 @@ def mean_over_pairs(matrix: torch.Tensor) -> float:
 
 
 # -------------------------------------------------------------------------------------------- NC1
+ZERO_EIGENVALUE = 1e-10
+
+
 def between_eigen(means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Top eigenpairs of Σ_B = (1/K) Σ_k (μ_k − μ_G)(μ_k − μ_G)ᵀ with an explicit rank cut.
 
-    ``means: [K, m]`` -> (``values: [r]``, ``vectors: [m, r]`` orthonormal), r = min(K − 1, m).
+    ``means: [K, m]`` -> (``values: [r]``, ``vectors: [m, r]`` orthonormal), r ≤ min(K − 1, m).
     When m ≥ K the pairs come from the K×K Gram matrix Mc Mcᵀ / K (Σ_B v = λ v with v = Mcᵀu / √(Kλ)),
     so no m×m matrix is formed; otherwise from the m×m Σ_B itself.
+    Of the top min(K − 1, m) pairs, those with λ ≤ ZERO_EIGENVALUE·λ_max are exact zeros of the
+    pseudo-inverse (class means confined to a smaller subspace, e.g. dead ReLU units when m < K − 1) and
+    are dropped, as Σ_B^† drops them; the cut is 1e-10 relative, far above float64 rounding and far below
+    any real between-class direction.
     """
     k, m = means.shape
     mc = centred(means)
@@ -188,17 +195,20 @@ def between_eigen(means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     else:
         vals, vecs = torch.linalg.eigh(mc.T @ mc / k)
         vals, vecs = vals[-r:], vecs[:, -r:]
-    return vals, vecs
+    keep = vals > ZERO_EIGENVALUE * vals.max().clamp(min=0)
+    if not bool(keep.all()):
+        logger.info("Σ_B: %d of the top %d eigenvalues are zero; the pseudo-inverse skips them", int((~keep).sum()), r)
+    return vals[keep], vecs[:, keep]
 
 
 def nc1_value(within_along: torch.Tensor, values: torch.Tensor, num_classes: int) -> float:
     """NC1 = (1/K) tr(Σ_W Σ_B^†) = (1/K) Σ_i v_iᵀ Σ_W v_i / λ_i.
 
     ``within_along: [r]`` the v_iᵀ Σ_W v_i, ``values: [r]`` the λ_i from :func:`between_eigen`.
-    A non-positive kept eigenvalue (class means in a subspace of dimension < r) gives inf.
+    All class means equal (Σ_B = 0, no eigenpair kept) gives inf.
     """
-    if bool((values <= 0).any()):
-        logger.warning("between-class covariance has rank below min(K-1, m): NC1 is infinite")
+    if values.numel() == 0:
+        logger.warning("all class means coincide (Σ_B = 0): NC1 is infinite")
         return float("inf")
     return float((within_along / values).sum()) / num_classes
 
