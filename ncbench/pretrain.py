@@ -70,6 +70,9 @@ class PretrainConfig:
     """A task's ``pretrain:`` block (field names are the YAML keys).
 
     epochs:          training epochs (one epoch = floor(N / batch_size) steps; one batch of N if N < batch_size).
+    min_steps:       train at least this many SGD steps: with few source images the epochs are raised to
+                     ceil(min_steps / steps per epoch) (milestones and track_every scaled alike), so a sweep over the
+                     number of source classes does not leave the small source sets under-trained; 0 = off.
     batch_size, lr, momentum, weight_decay: SGD settings (weight decay on every trainable parameter).
     schedule:        "cosine" (lr · ½(1 + cos(π e / epochs))), "step" (lr · gamma^#{milestones ≤ e}) or "constant".
     milestones:      epochs at which "step" multiplies the lr by ``gamma``.
@@ -82,6 +85,7 @@ class PretrainConfig:
     """
 
     epochs: int = 30
+    min_steps: int = 0
     batch_size: int = 128
     lr: float = 0.05
     momentum: float = 0.9
@@ -99,7 +103,7 @@ class PretrainConfig:
         for name in ("epochs", "batch_size"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"pretrain.{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("track_every", "track_per_class"):
+        for name in ("min_steps", "track_every", "track_per_class"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
                 raise ValueError(f"pretrain.{name} must be an integer >= 0, got {getattr(self, name)!r}")
         for name, low, strict in (("lr", 0.0, True), ("momentum", 0.0, False), ("weight_decay", 0.0, False), ("gamma", 0.0, True)):
@@ -118,6 +122,16 @@ class PretrainConfig:
         self.milestones = [int(v) for v in m]
         if self.num_threads is not None and (not _is_int(self.num_threads) or self.num_threads < 1):
             raise ValueError(f"pretrain.num_threads must be a positive integer or null, got {self.num_threads!r}")
+
+    def for_size(self, n: int) -> "PretrainConfig":
+        """This recipe for ``n`` training images: ``epochs`` raised to reach ``min_steps`` steps."""
+        steps_per_epoch = max(1, n // self.batch_size)
+        epochs = max(self.epochs, math.ceil(self.min_steps / steps_per_epoch))
+        if epochs == self.epochs:
+            return self
+        scale = epochs / self.epochs
+        return dataclasses.replace(self, epochs=epochs, track_every=round(self.track_every * scale),
+                                   milestones=sorted({min(epochs, max(1, round(m * scale))) for m in self.milestones}))
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate for (0-based) ``epoch``."""
@@ -268,17 +282,29 @@ def _track(model: nn.Module, head: nn.Linear, train: _Split, test: _Split | None
         collapse_report(feats, train.labels, test_feats, None if test is None else test.labels, weight=weight, bias=bias)
     )
     sub_feats, taps = extract(model, train.images[layer_idx], pp, layers=True)
-    sub_labels = train.labels[layer_idx]
-    layer_rows = []
+    layer_rows, depths = layer_collapse(taps, sub_feats, train.labels[layer_idx])
+    row.update({"effective_depth" if v == "flat" else f"effective_depth_{v}": d for v, d in depths.items()})
+    return row, layer_rows
+
+
+def layer_collapse(taps: dict[str, torch.Tensor], penultimate: torch.Tensor, labels: np.ndarray,
+                   eps: float = 0.01) -> tuple[list[dict], dict[str, int]]:
+    """Layer-wise NCC train error and CDNV for each variant of the taps, the penultimate features last.
+
+    taps: ``{"<stage>/flat": [N, d], "<stage>/pooled": [N, c]}`` in stage order (``extract(layers=True)``);
+    penultimate: [N, m]; labels: [N]. Returns rows ``{"layer", "variant", "ncc_error", "cdnv"}`` and the
+    ε-effective depth of each variant (1-based; a variant no stage has, e.g. MLP ``pooled``, is skipped).
+    """
+    rows, depths = [], {}
     for variant in ("flat", "pooled"):
-        names = [k for k in taps if k.endswith("/" + variant)]
+        names = [k.rsplit("/", 1)[0] for k in taps if k.endswith("/" + variant)]
         if not names:
             continue
-        curves = layer_curves([taps[k] for k in names] + [sub_feats], sub_labels)
-        row["effective_depth" if variant == "flat" else "effective_depth_pooled"] = int(curves["effective_depth"])
-        for name, err, cd in zip(names + [f"features/{variant}"], curves["ncc_error"], curves["cdnv"]):
-            layer_rows.append({"layer": name, "ncc_error": float(err), "cdnv": float(cd)})
-    return row, layer_rows
+        curves = layer_curves([taps[f"{n}/{variant}"] for n in names] + [penultimate], labels, eps=eps)
+        depths[variant] = int(curves["effective_depth"])
+        for name, err, cd in zip(names + ["penultimate"], curves["ncc_error"], curves["cdnv"]):
+            rows.append({"layer": name, "variant": variant, "ncc_error": float(err), "cdnv": float(cd)})
+    return rows, depths
 
 
 def _csv_bytes(rows: list[dict], lead: list[str]) -> bytes:
@@ -296,7 +322,7 @@ def _write_curves(out_dir: Path, records: list[dict]) -> None:
     layers = [{"epoch": r["epoch"], **lr} for r in records for lr in r.get("layers", [])]
     atomic_write(out_dir / CURVE_FILE, _csv_bytes(scalars, ["epoch", "lr", "loss", "running_acc"]))
     if layers:
-        atomic_write(out_dir / LAYER_CURVE_FILE, _csv_bytes(layers, ["epoch", "layer", "ncc_error", "cdnv"]))
+        atomic_write(out_dir / LAYER_CURVE_FILE, _csv_bytes(layers, ["epoch", "layer", "variant", "ncc_error", "cdnv"]))
 
 
 def _check_same_run(out_dir: Path, identity: dict) -> None:
@@ -375,6 +401,7 @@ def pretrain(
         if not np.isin(test_labels, classes).all():
             raise ValueError("test_idx holds images of classes that are not in train_idx")
         test = _Split(np.ascontiguousarray(dataset.images[test_idx]), np.searchsorted(classes, test_labels))
+    config = config.for_size(len(train_idx))
     options = {"in_channels": dataset.channels, "image_size": list(dataset.image_size), **(backbone_options or {})}
     pp = preprocessing_of(dataset)
     identity = {

@@ -234,8 +234,9 @@ def test_tracking_writes_curves_at_tracked_epochs(data, tmp_path):
         assert math.isfinite(float(rows[-1][key]))
     assert float(rows[-1]["train_acc"]) == pytest.approx(load_checkpoint(out)[1].train_acc)
     layers = list(csv.DictReader((out / "layer_curve.csv").open()))
-    assert [r["layer"] for r in layers if r["epoch"] == "3"] == [
-        "block1/flat", "block2/flat", "features/flat", "block1/pooled", "block2/pooled", "features/pooled"]
+    assert [(r["layer"], r["variant"]) for r in layers if r["epoch"] == "3"] == [
+        ("block1", "flat"), ("block2", "flat"), ("penultimate", "flat"),
+        ("block1", "pooled"), ("block2", "pooled"), ("penultimate", "pooled")]
 
 
 @pytest.mark.slow
@@ -251,3 +252,15 @@ def test_conv4_on_glyphs_collapses(tmp_path):
     for key in ("cdnv_train", "nc1"):
         values = [float(r[key]) for r in tracked]
         assert values[-1] < 0.5 * values[0], (key, values)
+
+
+def test_min_steps_raises_epochs_for_small_source_sets():
+    from ncbench.pretrain import PretrainConfig
+
+    cfg = PretrainConfig(epochs=10, batch_size=16, min_steps=100, schedule="step", milestones=[5, 8])
+    assert cfg.for_size(1000) is cfg                      # 62 steps/epoch x 10 epochs >= 100 steps
+    small = cfg.for_size(40)                               # 2 steps per epoch -> 50 epochs
+    assert small.epochs == 50 and small.milestones == [25, 40] and small.track_every == 25
+    assert cfg.for_size(8).epochs == 100                   # fewer images than a batch: one step per epoch
+    with pytest.raises(ValueError, match="pretrain.min_steps"):
+        PretrainConfig(min_steps=-1)
