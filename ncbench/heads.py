@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ncbench.registry import register_head
+from ncbench.registry import HEADS, register_head
 
 log = logging.getLogger(__name__)
 
@@ -379,28 +379,32 @@ def _build(name: str, cls: type, options: dict[str, Any], allowed: tuple[str, ..
     return cls(**fixed, **options)
 
 
-@register_head("ridge")
-def ridge_head(**options: Any) -> RidgeHead:
-    """Options: ``alpha`` (float > 0, default 1.0)."""
-    return _build("ridge", RidgeHead, options, ("alpha",))
+def _register(name: str, cls: type, allowed: tuple[str, ...], doc: str, **fixed: Any) -> None:
+    """Register a factory ``(**options) -> head`` whose ``options`` attribute lists the accepted options."""
+    def factory(**options: Any) -> Head:
+        return _build(name, cls, options, allowed, **fixed)
+
+    factory.__name__, factory.__doc__, factory.options = name.replace("-", "_") + "_head", doc, allowed
+    register_head(name, factory)
 
 
-@register_head("ncc")
-def ncc_head(**options: Any) -> NCCHead:
-    """No options."""
-    return _build("ncc", NCCHead, options, ())
+_register("ridge", RidgeHead, ("alpha",), "Options: ``alpha`` (float > 0, default 1.0).")
+_register("ncc", NCCHead, (), "No options.")
+_register("ncc-cl2n", NCCHead, ("center",),
+          "Options: ``center`` ([m] float, the source-train mean feature; required before fitting).", cl2n=True)
+_register("logistic", LogisticHead, ("C", "tol", "max_iter"),
+          "Options: ``C`` (float > 0, default 1.0), ``tol``, ``max_iter`` (Newton stopping rule).")
 
 
-@register_head("ncc-cl2n")
-def ncc_cl2n_head(**options: Any) -> NCCHead:
-    """Options: ``center`` ([m] float, the source-train mean feature; required before fitting)."""
-    return _build("ncc-cl2n", NCCHead, options, ("center",), cl2n=True)
-
-
-@register_head("logistic")
-def logistic_head(**options: Any) -> LogisticHead:
-    """Options: ``C`` (float > 0, default 1.0), ``tol``, ``max_iter`` (Newton stopping rule)."""
-    return _build("logistic", LogisticHead, options, ("C", "tol", "max_iter"))
+def build_head(spec: dict[str, Any], **context: Any) -> Head:
+    """A head from a task's spec ``{"name": ..., **options}``. ``context`` values (e.g. ``center``, the
+    source-train mean feature) are given to the heads that accept that option, unless the spec sets it."""
+    factory = HEADS.get(spec["name"])
+    options = {k: v for k, v in spec.items() if k != "name"}
+    for key, value in context.items():
+        if key in factory.options:
+            options.setdefault(key, value)
+    return factory(**options)
 
 
 # ------------------------------------------------------------------------------------------- evaluation

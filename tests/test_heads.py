@@ -279,3 +279,14 @@ def test_certified_argmax_never_trusts_float32_overflow_or_underflow():
         b = torch.zeros(2, 3, dtype=torch.float64)
         exact = torch.baddbmm(b[:, :, None], w, q.double().transpose(1, 2)).argmax(1)
         torch.testing.assert_close(_certified_argmax(w, b, q), exact)
+
+
+def test_build_head_passes_context_only_to_heads_that_take_it():
+    from ncbench.heads import build_head
+
+    center = torch.zeros(4, dtype=torch.float64)
+    cl2n = build_head({"name": "ncc-cl2n"}, center=center)
+    assert cl2n.cl2n and torch.equal(torch.as_tensor(cl2n.center), center)
+    assert build_head({"name": "ridge", "alpha": 3.0}, center=center).alpha == 3.0
+    with pytest.raises(ValueError, match="unknown option"):
+        build_head({"name": "ridge", "beta": 1.0})
