@@ -1,0 +1,354 @@
+"""Task files: a short declarative YAML loaded into a validated :class:`Task`.
+
+A task names a dataset, how its classes split into source and target pools, the source-class counts to
+sweep, the pretraining recipe, the few-shot episodes, the heads, the metrics and the seeds. Shared defaults
+come from ``include: _base.yaml`` (a path relative to the including file; the including file's keys win,
+dicts are merged key by key). ``version`` is an integer bumped whenever sampling or scoring changes; every
+result row records it. See ``docs/tasks.md`` for every field.
+
+Validation reports *every* problem at once, each as ``FILE: FIELD: problem (expected ...)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ncbench.registry import BACKBONES, DATASETS, HEADS, METRICS, Registry, UnknownNameError
+
+TASK_KEYS = {"include", "name", "version", "description", "dataset", "pools", "source_classes",
+             "images_per_class", "episodes", "backbone", "pretrain", "heads", "metrics", "layer_eps", "seeds"}
+
+
+class TaskError(ValueError):
+    """A task file is invalid; ``problems`` lists each problem as ``file: field: message``."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    source: list[str] | None = None      # standard class-split names, e.g. ["train"]
+    target: list[str] | None = None      # e.g. ["test"]
+    source_fraction: float = 0.5         # used when the dataset has no standard class split
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    ways: int
+    shots: list[int]
+    queries: int
+    count: int
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    version: int
+    dataset: str
+    dataset_options: dict[str, Any]
+    pools: PoolSpec
+    source_classes: list[int]
+    train_per_class: int
+    test_per_class: int
+    episodes: EpisodeSpec
+    backbone: str
+    backbone_options: dict[str, Any]
+    pretrain: dict[str, Any]
+    heads: list[dict[str, Any]]
+    metrics: list[str]
+    seeds: list[int]
+    layer_eps: float = 0.01
+    description: str = ""
+    path: str = ""
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def pretrain_config(self):
+        """The ``pretrain:`` block as a :class:`ncbench.pretrain.PretrainConfig`."""
+        from ncbench.pretrain import PretrainConfig
+
+        return PretrainConfig(**self.pretrain)
+
+
+# --------------------------------------------------------------------------------------------- loading
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    if path in chain:
+        raise TaskError([f"{path}: include: circular include ({' -> '.join(map(str, chain + (path,)))})"])
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise TaskError([f"{path}: cannot read task file ({e.strerror or e})"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise TaskError([f"{path}: YAML syntax error: {where}{getattr(e, 'problem', e)}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise TaskError([f"{path}: expected a mapping of task fields at the top level, got {type(data).__name__}"])
+    inc = data.pop("include", None)
+    if inc is None:
+        return data
+    if not isinstance(inc, str):
+        raise TaskError([f"{path}: include: expected a file name (string), got {inc!r}"])
+    base = _read_yaml((path.parent / inc).resolve(), chain + (path,))
+    return _merge(base, data)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+class _Checker:
+    """Collects problems while reading typed fields out of the merged YAML mapping."""
+
+    def __init__(self, path: str):
+        self.path, self.problems = path, []
+
+    def bad(self, fieldname: str, msg: str) -> None:
+        self.problems.append(f"{self.path}: {fieldname}: {msg}")
+
+    def get(self, data: dict, key: str, kind, fieldname: str | None = None, *, default=..., minimum=None,
+            maximum=None):
+        fieldname = fieldname or key
+        if key not in data or data[key] is None:
+            if default is ...:
+                self.bad(fieldname, f"missing (expected {_kind_name(kind)})")
+            return None if default is ... else default
+        v = data[key]
+        if kind is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool):
+            self.bad(fieldname, f"expected {_kind_name(kind)}, got {v!r} ({type(v).__name__})")
+            return None
+        if minimum is not None and v < minimum:
+            self.bad(fieldname, f"expected a value >= {minimum}, got {v!r}")
+            return None
+        if maximum is not None and v > maximum:
+            self.bad(fieldname, f"expected a value <= {maximum}, got {v!r}")
+            return None
+        return v
+
+    def int_list(self, data: dict, key: str, fieldname: str, minimum: int, default=...) -> list[int] | None:
+        v = data.get(key, None if default is ... else default)
+        if v is None:
+            self.bad(fieldname, "missing (expected an integer or a list of integers)")
+            return None
+        items = v if isinstance(v, list) else [v]
+        if not items or any(not isinstance(i, int) or isinstance(i, bool) for i in items):
+            self.bad(fieldname, f"expected an integer or a non-empty list of integers, got {v!r}")
+            return None
+        if any(i < minimum for i in items):
+            self.bad(fieldname, f"expected values >= {minimum}, got {v!r}")
+            return None
+        if len(set(items)) != len(items):
+            self.bad(fieldname, f"duplicate values in {v!r}")
+            return None
+        return sorted(items)
+
+    def name_in(self, registry: Registry, name, fieldname: str) -> None:
+        if not isinstance(name, str):
+            self.bad(fieldname, f"expected a {registry.kind} name (string), got {name!r}")
+        elif name not in registry and not (registry is BACKBONES and (":" in name or name.endswith(".py"))):
+            self.bad(fieldname, registry.unknown_message(name))
+
+    def mapping(self, data: dict, key: str, fieldname: str | None = None, default=...) -> dict:
+        v = data.get(key, None if default is ... else default)
+        if not isinstance(v, dict):
+            self.bad(fieldname or key, "missing (expected a mapping)" if v is None else f"expected a mapping, got {v!r}")
+            return {}
+        return v
+
+
+def _kind_name(kind) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false", dict: "a mapping",
+            list: "a list"}.get(kind, str(kind))
+
+
+def _split_names(c: _Checker, v, fieldname: str) -> list[str] | None:
+    if v is None:
+        return None
+    items = [v] if isinstance(v, str) else v
+    if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
+        c.bad(fieldname, f"expected a class-split name or a list of names, got {v!r}")
+        return None
+    return items
+
+
+def parse_task(data: dict, path: str = "<task>") -> Task:
+    """Validate a merged task mapping; raise :class:`TaskError` listing every problem."""
+    c = _Checker(path)
+    for k in sorted(set(data) - TASK_KEYS):
+        c.bad(k, f"unknown field; known fields: {', '.join(sorted(TASK_KEYS - {'include'}))}")
+    name = c.get(data, "name", str)
+    version = c.get(data, "version", int, minimum=1)
+    description = c.get(data, "description", str, default="")
+
+    ds = c.mapping(data, "dataset")
+    ds_name = c.get(ds, "name", str, "dataset.name")
+    if ds_name is not None:
+        c.name_in(DATASETS, ds_name, "dataset.name")
+    ds_options = c.get(ds, "options", dict, "dataset.options", default={})
+    for k in sorted(set(ds) - {"name", "options"}):
+        c.bad(f"dataset.{k}", "unknown field; known: name, options")
+
+    pools = c.mapping(data, "pools", default={})
+    src = _split_names(c, pools.get("source"), "pools.source")
+    tgt = _split_names(c, pools.get("target"), "pools.target")
+    if ("source" in pools) != ("target" in pools):
+        c.bad("pools", "give both 'source' and 'target' class splits, or neither (then source_fraction is used)")
+    if src and tgt and set(src) & set(tgt):
+        c.bad("pools", f"source and target pools overlap: both use class split(s) {sorted(set(src) & set(tgt))}")
+    frac = c.get(pools, "source_fraction", float, "pools.source_fraction", default=0.5)
+    if frac is not None and not 0 < frac < 1:
+        c.bad("pools.source_fraction", f"expected a number strictly between 0 and 1, got {frac}")
+    pool_seed = c.get(pools, "seed", int, "pools.seed", default=0)
+    for k in sorted(set(pools) - {"source", "target", "source_fraction", "seed"}):
+        c.bad(f"pools.{k}", "unknown field; known: source, target, source_fraction, seed")
+
+    source_classes = c.int_list(data, "source_classes", "source_classes", minimum=2)
+    ipc = c.mapping(data, "images_per_class")
+    train_pc = c.get(ipc, "train", int, "images_per_class.train", minimum=1)
+    test_pc = c.get(ipc, "test", int, "images_per_class.test", minimum=1)
+
+    ep = c.mapping(data, "episodes")
+    ways = c.get(ep, "ways", int, "episodes.ways", minimum=2)
+    shots = c.int_list(ep, "shots", "episodes.shots", minimum=1)
+    queries = c.get(ep, "queries", int, "episodes.queries", minimum=1)
+    count = c.get(ep, "count", int, "episodes.count", minimum=1)
+    ep_seed = c.get(ep, "seed", int, "episodes.seed", default=0)
+    for k in sorted(set(ep) - {"ways", "shots", "queries", "count", "seed"}):
+        c.bad(f"episodes.{k}", "unknown field; known: ways, shots, queries, count, seed")
+
+    bb = c.mapping(data, "backbone")
+    bb_name = c.get(bb, "name", str, "backbone.name")
+    if bb_name is not None:
+        c.name_in(BACKBONES, bb_name, "backbone.name")
+    bb_options = c.get(bb, "options", dict, "backbone.options", default={})
+
+    pretrain = c.mapping(data, "pretrain")
+    if pretrain:
+        try:
+            from ncbench.pretrain import PretrainConfig
+
+            PretrainConfig(**pretrain)
+        except TypeError as e:  # unknown keyword
+            c.bad("pretrain", f"{e}; known fields: {', '.join(f.name for f in dataclasses.fields(PretrainConfig))}")
+        except ValueError as e:
+            c.bad("pretrain", str(e))
+
+    heads = []
+    raw_heads = data.get("heads")
+    if not isinstance(raw_heads, list) or not raw_heads:
+        c.bad("heads", f"expected a non-empty list of head names or {{name: ..., options...}} mappings, got {raw_heads!r}")
+    else:
+        for i, h in enumerate(raw_heads):
+            h = {"name": h} if isinstance(h, str) else h
+            if not isinstance(h, dict) or "name" not in h:
+                c.bad(f"heads[{i}]", f"expected a head name or a mapping with 'name', got {h!r}")
+                continue
+            c.name_in(HEADS, h["name"], f"heads[{i}].name")
+            if h["name"] in HEADS:
+                allowed = HEADS.get(h["name"]).options
+                for k in sorted(set(h) - {"name"} - set(allowed)):
+                    c.bad(f"heads[{i}].{k}", f"unknown option of head {h['name']!r}; known: {', '.join(allowed) or 'none'}")
+            heads.append(dict(h))
+
+    metrics = data.get("metrics", [])
+    if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
+        c.bad("metrics", f"expected a list of metric names, got {metrics!r}")
+        metrics = []
+    for i, m in enumerate(metrics):
+        c.name_in(METRICS, m, f"metrics[{i}]")
+    layer_eps = c.get(data, "layer_eps", float, default=0.01, minimum=0.0, maximum=1.0)
+    seeds = c.int_list(data, "seeds", "seeds", minimum=0, default=[0])
+
+    if c.problems:
+        raise TaskError(c.problems)
+    return Task(name=name, version=version, description=description, dataset=ds_name, dataset_options=ds_options,
+                pools=PoolSpec(src, tgt, frac, pool_seed), source_classes=source_classes,
+                train_per_class=train_pc, test_per_class=test_pc,
+                episodes=EpisodeSpec(ways, shots, queries, count, ep_seed), backbone=bb_name,
+                backbone_options=bb_options, pretrain=pretrain, heads=heads, metrics=list(metrics),
+                seeds=seeds, layer_eps=layer_eps, path=path, raw=data)
+
+
+def load_task(path: str | os.PathLike) -> Task:
+    """Read, merge includes and validate one task file."""
+    p = Path(path)
+    return parse_task(_read_yaml(p.resolve()), str(path))
+
+
+def check_against_data(task: Task) -> list[str]:
+    """Checks that need the dataset: pool sizes vs source_classes and ways, images per class.
+
+    Returns the problems found (empty when all is well). Raises nothing for a dataset that cannot be loaded:
+    that is reported as one problem naming the dataset and why.
+    """
+    from ncbench.data import DatasetError, load_dataset
+    from ncbench.episodes import EpisodeError, sample_episodes, source_images, split_pools
+
+    where = f"{task.path}: "
+    try:
+        ds = load_dataset(task.dataset, **task.dataset_options)
+    except (DatasetError, UnknownNameError) as e:
+        return [f"{where}dataset: cannot load {task.dataset!r} to check pool sizes: {e}"]
+    problems = []
+    try:
+        src, tgt = split_pools(ds, task.pools.source, task.pools.target, task.pools.source_fraction, task.pools.seed)
+    except EpisodeError as e:
+        return [f"{where}{e}"]
+    if max(task.source_classes) > len(src):
+        problems.append(f"{where}source_classes: {max(task.source_classes)} asked, the source pool of "
+                        f"{task.dataset!r} has {len(src)} classes")
+    try:
+        source_images(ds, src, task.train_per_class, task.test_per_class)
+    except EpisodeError as e:
+        problems.append(f"{where}{e}")
+    for shots in task.episodes.shots:
+        try:
+            sample_episodes(ds.labels, tgt, task.episodes.ways, shots, task.episodes.queries, 1, task.episodes.seed)
+        except EpisodeError as e:
+            problems.append(f"{where}{e} (target pool: {len(tgt)} classes)")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------- lookup
+def tasks_dir() -> Path:
+    """``$NCBENCH_TASKS``, else ``./tasks``, else the ``tasks/`` folder beside the package source."""
+    env = os.environ.get("NCBENCH_TASKS")
+    if env:
+        return Path(env)
+    here = Path("tasks")
+    return here if here.is_dir() else Path(__file__).resolve().parents[1] / "tasks"
+
+
+def task_files() -> dict[str, Path]:
+    """Task name (file stem) -> path, for every task file (files starting with ``_`` are bases)."""
+    d = tasks_dir()
+    return {p.stem: p for p in sorted(d.glob("*.yaml")) if not p.name.startswith("_")}
+
+
+def find_task(name_or_path: str) -> Task:
+    """Load a task by file path or by name in :func:`tasks_dir` (unknown name -> "did you mean")."""
+    if name_or_path.endswith((".yaml", ".yml")) or os.sep in name_or_path:
+        return load_task(name_or_path)
+    registry: Registry = Registry("task")
+    for stem, p in task_files().items():
+        registry.register(stem, p)
+    return load_task(registry.get(name_or_path))
