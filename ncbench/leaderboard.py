@@ -1,0 +1,133 @@
+"""Leaderboards: ``leaderboards/<task>.csv`` derived from the raw result files by one command.
+
+One row per (model, source_classes, seed, head, shots) of a finished unit, and one row (head and shots
+empty) per failed unit, so failures are never silently missing. Rows are sorted by their key and floats
+written with a fixed format, so rebuilding from the same result files gives the same bytes. The file is
+written atomically under a lock: concurrent rebuilds cannot tear it or lose rows (every rebuild reads all
+result files). Column meanings: ``leaderboards/README.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from filelock import FileLock
+
+from ncbench.results import atomic_write_text, iter_results
+
+log = logging.getLogger(__name__)
+
+KEY = ["task", "model", "source_classes", "seed", "head", "shots"]
+SOURCE_METRICS = ["source_train_acc", "source_test_acc", "cdnv_train", "cdnv_test", "nc1", "nc2", "nc2_equinorm",
+                  "nc2_equiangularity", "nc3", "nc4", "ncc_train_acc", "ncc_test_acc", "strong_test_collapse",
+                  "weak_test_collapse", "effective_depth"]
+PROVENANCE = ["episodes_hash", "config_hash", "checkpoint", "checkpoint_sha256", "ncbench_version", "git_commit",
+              "torch_version", "device", "date", "wall_time_s"]
+COLUMNS = (KEY + ["task_version", "backbone", "status", "ways", "queries", "acc_mean", "acc_ci95", "n_episodes",
+                  "target_cdnv", "target_ncc_acc"] + SOURCE_METRICS + PROVENANCE + ["error", "result_file"])
+INT_COLUMNS = ["source_classes", "seed", "task_version", "shots", "ways", "queries", "n_episodes", "effective_depth"]
+STR_COLUMNS = ["task", "model", "head", "backbone", "status", "episodes_hash", "config_hash", "checkpoint",
+               "checkpoint_sha256", "ncbench_version", "git_commit", "torch_version", "device", "date", "error",
+               "result_file"]
+FLOAT_FORMAT = "%.8g"
+
+
+def rows_from_record(rec: dict[str, Any], result_file: str = "") -> list[dict[str, Any]]:
+    """Flatten one result record into leaderboard rows (dicts keyed by :data:`COLUMNS`)."""
+    unit, prov = rec["unit"], rec.get("provenance", {})
+    base = {k: unit[k] for k in ("task", "task_version", "model", "backbone", "source_classes", "seed", "config_hash")}
+    base.update({k: prov.get(k) for k in PROVENANCE if k not in ("episodes_hash", "config_hash")})
+    base.update(status=rec["status"], error=rec.get("error"), result_file=result_file)
+    if rec["status"] != "ok":
+        return [base]
+    src, tgt = rec["source"], rec["target"]
+    base.update({k: src.get(k) for k in SOURCE_METRICS})
+    base.update(target_cdnv=tgt.get("cdnv"), target_ncc_acc=tgt.get("ncc_acc"))
+    rows = []
+    for ep in rec["episodes"]:
+        rows.append({**base, "head": ep["head"], "shots": ep["shots"], "ways": ep["ways"], "queries": ep["queries"],
+                     "acc_mean": ep["acc_mean"], "acc_ci95": ep["acc_ci95"], "n_episodes": ep["n"],
+                     "episodes_hash": prov.get("episodes", {}).get(str(ep["shots"]))})
+    return rows
+
+
+def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Rows -> typed, sorted DataFrame with exactly :data:`COLUMNS` (nullable ints, strings, floats)."""
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    for c in INT_COLUMNS:
+        df[c] = pd.array(df[c], dtype="Int64")
+    for c in STR_COLUMNS:
+        df[c] = df[c].astype("string")
+    for c in set(COLUMNS) - set(INT_COLUMNS) - set(STR_COLUMNS):
+        df[c] = pd.to_numeric(df[c]).astype("float64")
+    return df.sort_values(KEY, na_position="first", kind="mergesort").reset_index(drop=True)
+
+
+def build(results_dir: Path, task: str) -> pd.DataFrame:
+    """The leaderboard of ``task`` from every valid result file under ``results_dir/task``."""
+    rows = []
+    for path, rec in iter_results(results_dir, task):
+        try:
+            rel = str(path.relative_to(results_dir))
+        except ValueError:
+            rel = str(path)
+        rows.extend(rows_from_record(rec, rel))
+    df = to_frame(rows)
+    dup = df.duplicated(KEY, keep=False) & df["status"].eq("ok")
+    if dup.any():
+        # two result files for one key: the same unit run with different configs (config_hash differs);
+        # keep the newest and say so, instead of ranking both
+        log.warning("%d leaderboard rows share a key; keeping the newest result of each", int(dup.sum()))
+        df = df.sort_values("date").drop_duplicates(KEY, keep="last")
+        df = df.sort_values(KEY, na_position="first", kind="mergesort").reset_index(drop=True)
+    return df
+
+
+def to_csv_text(df: pd.DataFrame) -> str:
+    return df.to_csv(index=False, float_format=FLOAT_FORMAT, lineterminator="\n")
+
+
+def write(df: pd.DataFrame, path: Path) -> Path:
+    """Write a leaderboard CSV atomically under ``<path>.lock``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        atomic_write_text(path, to_csv_text(df))
+    return path
+
+
+def rebuild(results_dir: Path, leaderboards_dir: Path, tasks: list[str] | None = None) -> list[Path]:
+    """Rebuild ``leaderboards_dir/<task>.csv`` for the given tasks (default: every task with results)."""
+    results_dir = Path(results_dir)
+    if tasks is None:
+        tasks = sorted(p.name for p in results_dir.iterdir() if p.is_dir()) if results_dir.is_dir() else []
+    written = []
+    for task in tasks:
+        df = build(results_dir, task)
+        written.append(write(df, Path(leaderboards_dir) / f"{task}.csv"))
+        log.info("leaderboard %s: %d rows (%d failed units)", written[-1], len(df), int(df["status"].eq("failed").sum()))
+    return written
+
+
+def read(path: Path) -> pd.DataFrame:
+    """Read a leaderboard CSV with its column types; raise ValueError naming the file and column on a
+    missing column or a value of the wrong type."""
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise ValueError(f"{path}: cannot read leaderboard CSV ({e})") from None
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing leaderboard columns {missing} (expected the columns of leaderboards/README.md)")
+    for c in set(COLUMNS) - set(STR_COLUMNS):
+        conv = pd.to_numeric(df[c], errors="coerce")
+        bad = conv.isna() & df[c].notna()
+        if bad.any():
+            raise ValueError(f"{path}: column {c!r}: expected numbers, got {df.loc[bad, c].iloc[0]!r} "
+                             f"(row {int(bad.idxmax()) + 2})")
+        df[c] = conv
+    return to_frame(df.to_dict("records"))

@@ -1,0 +1,288 @@
+"""The pipeline: a task's grid of units, each pretrain → features → metrics → episodes → result file.
+
+A unit is one (task, model, source-class count s, seed). For each unit ``run_unit``:
+
+1. loads the dataset, splits its classes into source/target pools, draws s source classes (seeded, nested
+   over s) and their TRAIN/TEST images;
+2. pretrains the backbone on them (or reuses / resumes the checkpoint in ``<out>/checkpoints``);
+3. extracts features once per (checkpoint, split) through the feature cache;
+4. computes source collapse (CDNV, NC1–NC4, weak/strong test collapse, accuracies), the layer-wise NCC-error
+   and CDNV curves with ε-effective depth, target CDNV and target NCC accuracy;
+5. evaluates every (head, shots) on the task's episodes — drawn from the task's episode seed only, so they
+   are identical for every backbone and seed — keeping per-episode accuracies;
+6. writes one result file atomically (``ncbench.results``). A failing unit writes a ``failed`` result
+   with its error instead; re-running skips units whose result file is ``ok``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ncbench import __version__
+from ncbench.checkpoint import git_commit
+from ncbench.episodes import draw_source_classes, sample_episodes, source_images, split_pools
+from ncbench.results import load_result, result_path, write_result, ResultError
+from ncbench.tasks import Task
+
+log = logging.getLogger(__name__)
+
+LAYER_IMAGES_PER_CLASS = 10  # layer-wise curves use the first 10 train images of each source class
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Where things go and what to override. ``model`` is the leaderboard name (default: the backbone)."""
+
+    out: Path = Path("runs")                       # checkpoints and feature cache
+    results: Path = Path("leaderboards/results")   # one JSON per unit
+    data_root: str | None = None
+    backbone: str | None = None
+    backbone_options: dict[str, Any] | None = None
+    model: str | None = None
+    seeds: list[int] | None = None
+    source_classes: list[int] | None = None
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class Unit:
+    task: Task
+    model: str
+    backbone: str
+    backbone_options: dict[str, Any] = field(hash=False)
+    source_classes: int
+    seed: int
+
+    @property
+    def config_hash(self) -> str:
+        """Hash of everything that determines the unit's numbers (not where files go)."""
+        blob = json.dumps({"task": self.task.raw, "backbone": self.backbone, "backbone_options": self.backbone_options,
+                           "source_classes": self.source_classes, "seed": self.seed}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    @property
+    def checkpoint_name(self) -> str:
+        return f"{self.model}.{self.task.name}-s{self.source_classes}-seed{self.seed}"
+
+    def key(self) -> dict[str, Any]:
+        return {"task": self.task.name, "task_version": self.task.version, "model": self.model,
+                "backbone": self.backbone, "source_classes": self.source_classes, "seed": self.seed,
+                "config_hash": self.config_hash}
+
+
+def plan_units(task: Task, opts: RunOptions) -> list[Unit]:
+    """The task's grid (source-class counts × seeds), with the options' overrides applied."""
+    backbone = opts.backbone or task.backbone
+    bb_options = opts.backbone_options if opts.backbone_options is not None else (
+        task.backbone_options if opts.backbone is None else {})
+    model = opts.model or backbone
+    return [Unit(task, model, backbone, bb_options, s, seed)
+            for s in (opts.source_classes or task.source_classes) for seed in (opts.seeds or task.seeds)]
+
+
+# --------------------------------------------------------------------------------------------- helpers
+@functools.lru_cache(maxsize=4)
+def _load_dataset(name: str, options_json: str):
+    from ncbench.data import load_dataset
+
+    return load_dataset(name, **json.loads(options_json))
+
+
+def dataset_for(task: Task, data_root: str | None):
+    options = dict(task.dataset_options)
+    if data_root is not None:
+        options["root"] = data_root
+    return _load_dataset(task.dataset, json.dumps(options, sort_keys=True))
+
+
+def _number(v):
+    """JSON-safe number: ints stay ints, non-finite floats (e.g. the CI of one episode, the CDNV of
+    coinciding means) become null: an empty cell in the leaderboard, never a "NaN" string."""
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    v = float(v)
+    return v if np.isfinite(v) else None
+
+
+def training_curve(ckpt_dir: Path) -> list[dict[str, Any]]:
+    """The tracked epochs of the checkpoint's ``curve.csv`` (collapse metrics during pretraining)."""
+    import pandas as pd
+
+    from ncbench.pretrain import CURVE_FILE
+
+    path = Path(ckpt_dir) / CURVE_FILE
+    if not path.is_file():
+        return []
+    df = pd.read_csv(path)
+    df = df[df["nc1"].notna()] if "nc1" in df else df.iloc[:0]
+    return [{k: _number(v) for k, v in row.items() if not pd.isna(v)} for row in df.to_dict("records")]
+
+
+# --------------------------------------------------------------------------------------------- the unit
+@dataclass(frozen=True)
+class UnitData:
+    """The unit's dataset, pools, source classes and source TRAIN/TEST image indices."""
+
+    dataset: Any
+    source_pool: np.ndarray
+    target_pool: np.ndarray
+    classes: np.ndarray        # [s] dataset class indices, sorted
+    train_idx: np.ndarray      # [s * train_per_class] dataset indices, class-major
+    test_idx: np.ndarray       # [s * test_per_class]
+
+
+def unit_data(unit: Unit, opts: RunOptions) -> UnitData:
+    task, ds = unit.task, dataset_for(unit.task, opts.data_root)
+    src_pool, tgt_pool = split_pools(ds, task.pools.source, task.pools.target, task.pools.source_fraction,
+                                     task.pools.seed)
+    classes = draw_source_classes(src_pool, unit.source_classes, unit.seed)
+    train_idx, test_idx = source_images(ds, classes, task.train_per_class, task.test_per_class)
+    return UnitData(ds, src_pool, tgt_pool, classes, train_idx, test_idx)
+
+
+def checkpoint_dir(unit: Unit, opts: RunOptions) -> Path:
+    return Path(opts.out) / "checkpoints" / f"{unit.checkpoint_name}-{unit.config_hash}"
+
+
+def pretrain_unit(unit: Unit, opts: RunOptions, data: UnitData | None = None) -> Path:
+    """Pretrain (or reuse/resume) the unit's checkpoint; return its folder."""
+    from ncbench.pretrain import pretrain
+
+    data = data or unit_data(unit, opts)
+    return pretrain(unit.backbone, data.dataset, data.train_idx, data.test_idx, unit.task.pretrain_config(),
+                    checkpoint_dir(unit, opts), seed=unit.seed, backbone_options=unit.backbone_options,
+                    card_extra={"name": unit.checkpoint_name, "task": unit.task.name,
+                                "task_version": unit.task.version})
+
+
+def run_unit(unit: Unit, opts: RunOptions) -> dict[str, Any]:
+    """Run one unit end to end and return its (ok) result record; exceptions propagate."""
+    from ncbench.checkpoint import load_checkpoint, load_classifier
+    from ncbench.features import FeatureCache
+    from ncbench.heads import build_head, episode_accuracy, mean_ci95
+    from ncbench.metrics import cdnv, collapse_report, ncc_accuracy
+    from ncbench.pretrain import layer_collapse
+
+    t0 = time.perf_counter()
+    task, data = unit.task, unit_data(unit, opts)
+    ds, classes, train_idx, test_idx, tgt_pool = data.dataset, data.classes, data.train_idx, data.test_idx, data.target_pool
+    ckpt_dir = pretrain_unit(unit, opts, data)
+    model, card = load_checkpoint(ckpt_dir)
+    cache = FeatureCache(Path(opts.out) / "features", model, card, ds)
+
+    # ---- source: collapse on train/test, classifier accuracy, layer curves
+    y_train = np.searchsorted(classes, ds.labels[train_idx])  # labels 0..s-1, as in pretraining
+    y_test = np.searchsorted(classes, ds.labels[test_idx])
+    f_train, f_test = cache.features(train_idx), cache.features(test_idx)
+    weight, bias = load_classifier(ckpt_dir)
+    source = collapse_report(f_train, y_train, f_test, y_test, weight=weight, bias=bias)
+    for name, f, y in (("source_train_acc", f_train, y_train), ("source_test_acc", f_test, y_test)):
+        logits = f.double() @ weight.double().T + (0 if bias is None else bias.double())
+        source[name] = float((logits.argmax(1).numpy() == y).mean())
+
+    n_layer = min(LAYER_IMAGES_PER_CLASS, task.train_per_class)
+    layer_rows = np.concatenate([np.arange(i * task.train_per_class, i * task.train_per_class + n_layer)
+                                 for i in range(len(classes))])
+    layers, depths = layer_collapse(cache.layer_features(train_idx[layer_rows]), f_train[layer_rows],
+                                    y_train[layer_rows], eps=task.layer_eps)
+    source["effective_depth"] = depths["flat"]
+
+    # ---- target: collapse of the frozen features on unseen classes, and few-shot episodes
+    tgt_idx = np.flatnonzero(np.isin(ds.labels, tgt_pool))
+    f_tgt = cache.features(tgt_idx)
+    y_tgt = ds.labels[tgt_idx]
+    tgt_train = ds.split[tgt_idx] == 0
+    target = {"cdnv": cdnv(f_tgt, y_tgt),
+              "ncc_acc": ncc_accuracy(f_tgt[tgt_train], y_tgt[tgt_train], f_tgt[~tgt_train], y_tgt[~tgt_train])}
+
+    episodes_out, episode_hashes = [], {}
+    ep = task.episodes
+    center = f_train.double().mean(0)  # SimpleShot CL2N centre: the source-train mean feature
+    for shots in ep.shots:
+        eps = sample_episodes(ds.labels, tgt_pool, ep.ways, shots, ep.queries, ep.count, ep.seed)
+        episode_hashes[str(shots)] = eps.digest
+        pos = lambda a: np.searchsorted(tgt_idx, a)  # dataset index -> row of f_tgt
+        for spec in task.heads:
+            head = build_head(spec, center=center)
+            accs = episode_accuracy(head, f_tgt, pos(eps.support), eps.support_labels, pos(eps.query),
+                                    eps.query_labels)
+            mean, ci, n = mean_ci95(accs)
+            episodes_out.append({"head": head_label(spec), "ways": ep.ways, "shots": shots, "queries": ep.queries,
+                                 "acc_mean": _number(mean), "acc_ci95": _number(ci), "n": n,
+                                 "per_episode": [float(a) for a in accs]})
+
+    return {
+        "schema": 1, "status": "ok", "error": None, "unit": unit.key(),
+        "provenance": {"ncbench_version": __version__, "git_commit": git_commit() or "unknown",
+                       "torch_version": torch.__version__, "device": "cpu",
+                       "checkpoint": unit.checkpoint_name, "checkpoint_sha256": card.sha256,
+                       "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                       "wall_time_s": round(time.perf_counter() - t0, 3), "episodes": episode_hashes},
+        "source": {k: _number(v) for k, v in source.items()},
+        "target": {k: _number(v) for k, v in target.items()},
+        "layers": [{k: _number(v) if k in ("ncc_error", "cdnv") else v for k, v in r.items()} for r in layers], "episodes": episodes_out,
+        "source_classes": [ds.class_names[c] for c in classes],
+        "training_curve": training_curve(ckpt_dir),
+    }
+
+
+def head_label(spec: dict[str, Any]) -> str:
+    """Leaderboard name of a head spec: its name, plus non-default options (``ridge`` / ``ridge-alpha10``)."""
+    opts = {k: v for k, v in spec.items() if k != "name"}
+    return spec["name"] + "".join(f"-{k}{v}" for k, v in sorted(opts.items()) if not (k == "alpha" and v == 1.0))
+
+
+def failed_record(unit: Unit, err: BaseException, t0: float) -> dict[str, Any]:
+    return {"schema": 1, "status": "failed", "error": f"{type(err).__name__}: {err}", "unit": unit.key(),
+            "provenance": {"ncbench_version": __version__, "git_commit": git_commit() or "unknown",
+                           "torch_version": torch.__version__, "device": "cpu", "checkpoint": unit.checkpoint_name,
+                           "checkpoint_sha256": None,
+                           "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                           "wall_time_s": round(time.perf_counter() - t0, 3), "episodes": {}}}
+
+
+def run_task(task: Task, opts: RunOptions) -> list[tuple[Unit, str]]:
+    """Run every unit of the task not already finished; return (unit, status) for each unit."""
+    units = plan_units(task, opts)
+    statuses = []
+    bar = tqdm(units, desc=f"{task.name}", unit="unit", disable=None)
+    for unit in bar:
+        bar.set_postfix(s=unit.source_classes, seed=unit.seed)
+        path = result_path(opts.results, unit.key())
+        if path.exists() and not opts.force:
+            try:
+                if load_result(path)["status"] == "ok":
+                    log.info("skip %s: finished (%s)", unit.checkpoint_name, path)
+                    statuses.append((unit, "ok"))
+                    continue
+            except ResultError as e:
+                log.warning("re-running %s: %s", unit.checkpoint_name, e)
+        t0 = time.perf_counter()
+        try:
+            record = run_unit(unit, opts)
+        except Exception as e:  # a failed unit is a row with its status, never silently dropped
+            log.error("unit %s failed: %s\n%s", unit.checkpoint_name, e, traceback.format_exc())
+            record = failed_record(unit, e, t0)
+        write_result(opts.results, record)
+        statuses.append((unit, record["status"]))
+        if record["status"] == "ok":
+            best = max(record["episodes"], key=lambda r: (r["shots"], r["acc_mean"]))
+            log.info("%s: %s %d-shot acc %.3f, target CDNV %.3f, NC1 %.3g (%.0f s)", unit.checkpoint_name,
+                     best["head"], best["shots"], best["acc_mean"], record["target"]["cdnv"],
+                     record["source"].get("nc1", float("nan")), record["provenance"]["wall_time_s"])
+    return statuses
