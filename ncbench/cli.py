@@ -1,0 +1,288 @@
+"""The ``ncbench`` command line: a thin layer over the library; every subcommand has ``--help``.
+
+Exit codes: 0 success, 1 a unit or check failed while running, 2 bad usage or bad input (the message
+names the file, field or argument and what was expected).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable
+
+log = logging.getLogger("ncbench")
+
+EPILOG_EXAMPLES = {
+    "list": "example: ncbench list datasets",
+    "validate": "example: ncbench validate tasks/*.yaml",
+    "pretrain": "example: ncbench pretrain glyphs --source-classes 20 --seed 0",
+    "evaluate": "example: ncbench evaluate glyphs --source-classes 20 --seed 0",
+    "run": "example: ncbench run glyphs --backbone resnet12 --seeds 0 1",
+    "leaderboard": "example: ncbench leaderboard --task glyphs",
+    "compare": "example: ncbench compare leaderboards/glyphs.csv my-results/glyphs.csv --out diff.csv",
+    "submit": "example: ncbench submit my_nets.py:SmallNet --name smallnet --smoke",
+    "report": "example: ncbench report --out runs",
+}
+
+
+class UsageError(ValueError):
+    """Bad input detected by the CLI itself (exit code 2)."""
+
+
+# Exit code 2: every error class of the library derives from ValueError and names the file, field or
+# argument at fault; OSError covers missing files, read-only folders and full disks. ``-v`` adds the traceback.
+INPUT_ERRORS = (ValueError, OSError)
+
+
+# ------------------------------------------------------------------------------------------- commands
+def cmd_list(args: argparse.Namespace) -> int:
+    from ncbench.registry import BACKBONES, DATASETS, HEADS, METRICS
+    from ncbench.tasks import task_files
+
+    kinds: dict[str, Callable[[], list[str]]] = {
+        "datasets": DATASETS.names, "backbones": BACKBONES.names, "heads": HEADS.names,
+        "metrics": METRICS.names, "tasks": lambda: list(task_files()),
+    }
+    for name in kinds[args.kind]():
+        print(name)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from ncbench.tasks import TaskError, check_against_data, load_task
+
+    failed = 0
+    for path in args.files:
+        try:
+            task = load_task(path)
+            problems = [] if args.no_data else check_against_data(task)
+        except TaskError as e:
+            problems = e.problems
+        if problems:
+            failed += 1
+            for p in problems:
+                print(p, file=sys.stderr)
+        else:
+            print(f"{path}: ok (task {task.name!r} version {task.version})")
+    return 2 if failed else 0
+
+
+def _options(pairs: list[str] | None, flag: str) -> dict:
+    import yaml
+
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{flag}: expected KEY=VALUE, got {pair!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _as_list(v):
+    return v if v is None or isinstance(v, list) else [v]
+
+
+def _run_options(args: argparse.Namespace, **over):
+    from pathlib import Path
+
+    from ncbench.run import RunOptions
+
+    return RunOptions(out=Path(args.out), results=Path(args.results), data_root=args.data_root,
+                      backbone=getattr(args, "backbone", None),
+                      backbone_options=_options(args.backbone_option, "--backbone-option") if getattr(
+                          args, "backbone_option", None) else None,
+                      model=getattr(args, "model", None), seeds=_as_list(getattr(args, "seeds", None)),
+                      source_classes=_as_list(getattr(args, "source_classes", None)),
+                      force=getattr(args, "force", False),
+                      **over)
+
+
+def _single_unit(args: argparse.Namespace):
+    from ncbench.run import plan_units
+    from ncbench.tasks import find_task
+
+    task = find_task(args.task)
+    opts = _run_options(args)
+    units = plan_units(task, opts)
+    if len(units) != 1:
+        raise UsageError(f"give one --source-classes and one --seed (the task's grid has {len(units)} units)")
+    return units[0], opts
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from ncbench.run import pretrain_unit
+
+    unit, opts = _single_unit(args)
+    print(pretrain_unit(unit, opts))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ncbench.results import write_result
+    from ncbench.run import run_unit
+
+    unit, opts = _single_unit(args)
+    path = write_result(opts.results, run_unit(unit, opts))
+    print(path)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ncbench import leaderboard
+    from ncbench.run import run_task
+    from ncbench.tasks import find_task
+
+    task = find_task(args.task)
+    opts = _run_options(args)
+    statuses = run_task(task, opts)
+    if not args.no_leaderboard:
+        leaderboard.rebuild(opts.results, args.leaderboards, [task.name])
+    failed = [u.checkpoint_name for u, st in statuses if st != "ok"]
+    if failed:
+        print(f"{len(failed)} of {len(statuses)} units failed: {', '.join(failed)} (see the error column)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from ncbench import leaderboard
+
+    for path in leaderboard.rebuild(args.results, args.leaderboards, args.task):
+        print(path)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from ncbench.submit import submit
+
+    return submit(args)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from ncbench.compare import cmd_compare
+
+    return cmd_compare(args)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from ncbench.report import cmd_report
+
+    return cmd_report(args)
+
+
+# ------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    from ncbench import __version__
+
+    parser = argparse.ArgumentParser(prog="ncbench", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"ncbench {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, epilog=EPILOG_EXAMPLES.get(name),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("list", cmd_list, "list registered datasets, backbones, heads, metrics or task files")
+    p.add_argument("kind", choices=["datasets", "backbones", "heads", "metrics", "tasks"])
+
+    p = add("validate", cmd_validate, "check task files and report every problem (file: field: message)")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--no-data", action="store_true",
+                   help="skip the checks that load the dataset (pool sizes, images per class)")
+
+    def storage(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--out", default="runs", help="folder for checkpoints, the feature cache and reports (default: runs)")
+        p.add_argument("--results", default="leaderboards/results",
+                       help="folder of raw result files (default: leaderboards/results)")
+        p.add_argument("--leaderboards", default="leaderboards", help="folder of leaderboard CSVs (default: leaderboards)")
+
+    def unit_args(p: argparse.ArgumentParser, grid: bool) -> None:
+        p.add_argument("task", help="task name (see `ncbench list tasks`) or path to a task YAML file")
+        p.add_argument("--backbone", metavar="SPEC",
+                       help="registered backbone, module:callable or file.py[:callable] (default: the task's)")
+        p.add_argument("--backbone-option", action="append", metavar="KEY=VALUE", help="backbone option (repeatable)")
+        p.add_argument("--model", metavar="NAME", help="leaderboard name of the model (default: the backbone)")
+        nargs = "+" if grid else None
+        p.add_argument("--source-classes", type=int, nargs=nargs, metavar="S",
+                       help="source-class counts (default: the task's list)" if grid else "source-class count")
+        p.add_argument("--seeds" if grid else "--seed", dest="seeds", type=int, nargs="+" if grid else None,
+                       metavar="N", help="pretraining seeds (default: the task's)")
+        p.add_argument("--data-root", metavar="DIR", help="root folder of a real dataset (sets dataset option root)")
+        storage(p)
+
+    p = add("pretrain", cmd_pretrain, "pretrain one unit (task, source-class count, seed) and print its checkpoint folder")
+    unit_args(p, grid=False)
+    p = add("evaluate", cmd_evaluate, "evaluate one unit (pretraining it first if needed) and write its result file")
+    unit_args(p, grid=False)
+    p = add("run", cmd_run, "run a task's grid of units end to end, skipping finished units, then rebuild its leaderboard")
+    unit_args(p, grid=True)
+    p.add_argument("--force", action="store_true", help="re-run units that already have a finished result")
+    p.add_argument("--no-leaderboard", action="store_true", help="do not rebuild the leaderboard afterwards")
+
+    p = add("leaderboard", cmd_leaderboard, "rebuild leaderboard CSVs from the raw result files")
+    p.add_argument("--task", nargs="+", help="tasks to rebuild (default: every task with results)")
+    storage(p)
+
+    p = add("compare", _compare, "compare two leaderboard CSVs: deltas, rank changes and significance")
+    p.add_argument("a", metavar="A.csv")
+    p.add_argument("b", metavar="B.csv")
+    p.add_argument("--out", metavar="CSV", help="also write the comparison as CSV")
+    p.add_argument("--results", nargs="+", metavar="DIR",
+                   help="result folders holding per-episode data for paired tests (default: next to each CSV)")
+
+    p = add("submit", cmd_submit, "validate a backbone, run it on the leaderboard tasks and add its rows")
+    p.add_argument("spec", help="backbone: registered name, module:callable or file.py[:callable]")
+    p.add_argument("--name", required=True, help="leaderboard name of the submission")
+    p.add_argument("--tasks", nargs="+", help="tasks to run (default: every task with a leaderboard CSV)")
+    p.add_argument("--smoke", action="store_true", help="run the tiny glyphs-smoke task first and stop on failure")
+    p.add_argument("--backbone-option", action="append", metavar="KEY=VALUE", help="backbone option (repeatable)")
+    p.add_argument("--data-root", metavar="DIR", help="root folder of a real dataset")
+    storage(p)
+
+    p = add("report", _report, "plots and an HTML page from the leaderboards and result files")
+    p.add_argument("--task", nargs="+", help="tasks to report (default: all)")
+    storage(p)
+    return parser
+
+
+def _keep_freed_memory() -> None:
+    """Tell glibc's malloc to keep freed blocks instead of returning them to the OS after every
+    convolution: torch's CPU training otherwise spends about a fifth of its time in page faults
+    (measured here: 883 -> 1,127 images/s for Conv-4). A process setting, so the CLI makes it."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: serve blocks up to 1 GiB from the heap
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: do not trim the heap below 1 GiB of free space
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    _keep_freed_memory()
+    try:
+        return args.func(args)
+    except INPUT_ERRORS as e:
+        if args.verbose:
+            log.exception("details")
+        print(f"ncbench {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
