@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 bench: $(STAMP)
-	$(NCB) run glyphs --out $(OUT)
+	$(NCB) run glyphs --force --out $(OUT)
 	$(NCB) leaderboard --out $(OUT)
 	$(NCB) report --out $(OUT)
 

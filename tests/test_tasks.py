@@ -109,3 +109,20 @@ def test_cli_validate_exit_codes(tmp_path, capsys):
     assert main(["validate", "--no-data", str(bad)]) == 2
     assert "did you mean 'glyphs'" in capsys.readouterr().err
     assert bad.read_bytes() == before
+
+
+OMNIGLOT_SMALL = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot-small"
+
+
+def test_real_dataset_without_files_skips_only_data_checks(capsys):
+    assert main(["validate", str(TASKS / "cifar-fs.yaml")]) == 0
+    assert "data checks skipped" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not OMNIGLOT_SMALL.is_dir(), reason="../shared/data/omniglot-small is absent")
+def test_omniglot_task_checks_against_real_omniglot(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("NCBENCH_CACHE", str(tmp_path))
+    root = str(OMNIGLOT_SMALL / "images_background_small1.zip")
+    assert main(["validate", str(TASKS / "omniglot.yaml"), "--data-root", root]) == 0
+    out = capsys.readouterr().out
+    assert "ok (task 'omniglot'" in out and "skipped" not in out
