@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from ncbench.checkpoint import atomic_write
 
 SCHEMA = 1
 STATUSES = ("ok", "failed")
@@ -37,20 +37,9 @@ class ResultError(ValueError):
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder, fsync and ``os.replace``:
-    readers see the old file or the new one, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` atomically (temporary file, fsync, ``os.replace``), creating the folder."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(Path(path), text.encode())
 
 
 def result_path(results_dir: Path, unit: dict[str, Any]) -> Path:
