@@ -288,6 +288,16 @@ def parse_task(data: dict, path: str = "<task>") -> Task:
                 seeds=seeds, layer_eps=layer_eps, path=path, raw=data)
 
 
+def check_base(path: str | os.PathLike) -> None:
+    """A base file (name starting with ``_``) only has to be valid YAML with known task fields: the
+    tasks that include it are validated whole."""
+    data = _read_yaml(Path(path).resolve())
+    unknown = sorted(set(data) - TASK_KEYS)
+    if unknown:
+        raise TaskError([f"{path}: {k}: unknown field; known fields: {', '.join(sorted(TASK_KEYS - {'include'}))}"
+                         for k in unknown])
+
+
 def load_task(path: str | os.PathLike) -> Task:
     """Read, merge includes and validate one task file."""
     p = Path(path)

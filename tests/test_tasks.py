@@ -126,3 +126,15 @@ def test_omniglot_task_checks_against_real_omniglot(capsys, tmp_path, monkeypatc
     assert main(["validate", str(TASKS / "omniglot.yaml"), "--data-root", root]) == 0
     out = capsys.readouterr().out
     assert "ok (task 'omniglot'" in out and "skipped" not in out
+
+
+def test_validate_accepts_every_shipped_file_including_bases(capsys):
+    files = sorted(str(p) for p in TASKS.glob("*.yaml"))
+    assert main(["validate", "--no-data", *files]) == 0
+    assert "_base.yaml: ok (base file" in capsys.readouterr().out
+
+
+def test_base_file_with_unknown_field_fails(tmp_path, capsys):
+    base = write(tmp_path, {"colour": "red", "seeds": [0]}, name="_base.yaml")
+    assert main(["validate", str(base)]) == 2
+    assert "colour: unknown field" in capsys.readouterr().err
