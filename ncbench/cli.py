@@ -7,6 +7,7 @@ names the file, field or argument and what was expected).
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from typing import Callable
@@ -33,6 +34,13 @@ class UsageError(ValueError):
 # Exit code 2: every error class of the library derives from ValueError and names the file, field or
 # argument at fault; OSError covers missing files, read-only folders and full disks. ``-v`` adds the traceback.
 INPUT_ERRORS = (ValueError, OSError)
+# what an OSError (which names its path) means for the user, by errno
+OS_ERROR_HINTS = {
+    errno.ENOSPC: "the disk is full: free space, or give another --out / --results / --leaderboards folder",
+    errno.ENOTDIR: "expected a folder, but a part of the path is a regular file",
+    errno.EROFS: "expected a writable folder; the file system is read-only",
+    errno.EACCES: "permission denied: check the permissions of that path",
+}
 
 
 # ------------------------------------------------------------------------------------------- commands
@@ -106,6 +114,7 @@ def _run_options(args: argparse.Namespace, **over):
                       model=getattr(args, "model", None), seeds=_as_list(getattr(args, "seeds", None)),
                       source_classes=_as_list(getattr(args, "source_classes", None)),
                       force=getattr(args, "force", False),
+                      **{k: getattr(args, k) for k in ("timeout_s", "memory_gb") if hasattr(args, k)},
                       **over)
 
 
@@ -213,6 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folder of raw result files (default: leaderboards/results)")
         p.add_argument("--leaderboards", default="leaderboards", help="folder of leaderboard CSVs (default: leaderboards)")
 
+    def limits(p: argparse.ArgumentParser) -> None:
+        from ncbench.sandbox import DEFAULT_MEMORY_GB, DEFAULT_TIMEOUT_S
+
+        p.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                       help="wall-clock limit of an untrusted backbone's sandbox process, per job (default: %(default)g)")
+        p.add_argument("--memory-gb", type=float, default=DEFAULT_MEMORY_GB, metavar="GB",
+                       help="address-space limit of that process (default: %(default)g)")
+
     def unit_args(p: argparse.ArgumentParser, grid: bool) -> None:
         p.add_argument("task", help="task name (see `ncbench list tasks`) or path to a task YAML file")
         p.add_argument("--backbone", metavar="SPEC",
@@ -235,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     unit_args(p, grid=True)
     p.add_argument("--force", action="store_true", help="re-run units that already have a finished result")
     p.add_argument("--no-leaderboard", action="store_true", help="do not rebuild the leaderboard afterwards")
+    limits(p)
 
     p = add("leaderboard", cmd_leaderboard, "rebuild leaderboard CSVs from the raw result files")
     p.add_argument("--task", nargs="+", help="tasks to rebuild (default: every task with results)")
@@ -254,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="run the tiny glyphs-smoke task first and stop on failure")
     p.add_argument("--backbone-option", action="append", metavar="KEY=VALUE", help="backbone option (repeatable)")
     p.add_argument("--data-root", metavar="DIR", help="root folder of a real dataset")
+    limits(p)
     storage(p)
 
     p = add("report", _report, "plots and an HTML page from the leaderboards and result files")
@@ -288,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     except INPUT_ERRORS as e:
         if args.verbose:
             log.exception("details")
-        print(f"ncbench {args.command}: error: {e}", file=sys.stderr)
+        hint = OS_ERROR_HINTS.get(e.errno) if isinstance(e, OSError) else None
+        print(f"ncbench {args.command}: error: {e}" + (f" ({hint})" if hint else ""), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

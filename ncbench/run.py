@@ -12,6 +12,10 @@ A unit is one (task, model, source-class count s, seed). For each unit ``run_uni
    are identical for every backbone and seed — keeping per-episode accuracies;
 6. writes one result file atomically (``ncbench.results``). A failing unit writes a ``failed`` result
    with its error instead; re-running skips units whose result file is ``ok``.
+
+Steps 2–3 run the backbone's code. For a backbone that is not registered with ncbench (a file, module or
+entry-point spec) they run in a sandbox process (``ncbench.sandbox``, with a timeout and a memory limit)
+that hands back the features as safetensors; everything else runs here, on those tensors.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import json
 import logging
 import time
 import traceback
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,7 @@ from ncbench import __version__
 from ncbench.checkpoint import git_commit
 from ncbench.episodes import draw_source_classes, sample_episodes, source_images, split_pools
 from ncbench.results import load_result, result_path, write_result, ResultError
+from ncbench.sandbox import DEFAULT_MEMORY_GB, DEFAULT_TIMEOUT_S, check_limits
 from ncbench.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -55,6 +60,12 @@ class RunOptions:
     seeds: list[int] | None = None
     source_classes: list[int] | None = None
     force: bool = False
+    isolate: bool | None = None                    # run backbone code in a sandbox; None: untrusted specs only
+    timeout_s: float = DEFAULT_TIMEOUT_S           # sandbox wall-clock limit per job
+    memory_gb: float = DEFAULT_MEMORY_GB           # sandbox address-space limit
+
+    def __post_init__(self) -> None:
+        check_limits(self.timeout_s, self.memory_gb)
 
 
 @dataclass(frozen=True)
@@ -88,7 +99,7 @@ def plan_units(task: Task, opts: RunOptions) -> list[Unit]:
     backbone = opts.backbone or task.backbone
     bb_options = opts.backbone_options if opts.backbone_options is not None else (
         task.backbone_options if opts.backbone is None else {})
-    model = opts.model or backbone
+    model = opts.model or backbone.rsplit("/", 1)[-1]  # a file spec's name without its folder: a path segment
     return [Unit(task, model, backbone, bb_options, s, seed)
             for s in (opts.source_classes or task.source_classes) for seed in (opts.seeds or task.seeds)]
 
@@ -159,10 +170,21 @@ def checkpoint_dir(unit: Unit, opts: RunOptions) -> Path:
     return Path(opts.out) / "checkpoints" / f"{unit.checkpoint_name}-{unit.config_hash}"
 
 
+def isolated(unit: Unit, opts: RunOptions) -> bool:
+    """Whether the unit's backbone code runs in a sandbox process (``ncbench.sandbox``): by default only
+    specs that are not registered ncbench backbones (``module:callable``, ``file.py``, entry points)."""
+    from ncbench.sandbox import is_trusted
+
+    return opts.isolate if opts.isolate is not None else not is_trusted(unit.backbone)
+
+
 def pretrain_unit(unit: Unit, opts: RunOptions, data: UnitData | None = None) -> Path:
     """Pretrain (or reuse/resume) the unit's checkpoint; return its folder."""
+    from ncbench import sandbox
     from ncbench.pretrain import pretrain
 
+    if isolated(unit, opts):
+        return sandbox.pretrain(unit, opts)
     data = data or unit_data(unit, opts)
     return pretrain(unit.backbone, data.dataset, data.train_idx, data.test_idx, unit.task.pretrain_config(),
                     checkpoint_dir(unit, opts), seed=unit.seed, backbone_options=unit.backbone_options,
@@ -170,41 +192,74 @@ def pretrain_unit(unit: Unit, opts: RunOptions, data: UnitData | None = None) ->
                                 "task_version": unit.task.version})
 
 
-def run_unit(unit: Unit, opts: RunOptions) -> dict[str, Any]:
-    """Run one unit end to end and return its (ok) result record; exceptions propagate."""
-    from ncbench.checkpoint import load_checkpoint, load_classifier
+@dataclass(frozen=True)
+class UnitFeatures:
+    """Everything of a unit that runs the backbone's code: its checkpoint and frozen features (float32)."""
+
+    checkpoint: Path                  # the pretrained checkpoint folder
+    train: torch.Tensor               # [s * train_per_class, m] source TRAIN images (UnitData.train_idx)
+    test: torch.Tensor                # [s * test_per_class, m] source TEST images
+    layers: dict[str, torch.Tensor]   # probe-layer taps of the layer rows (``layer_rows``), in stage order
+    target: torch.Tensor              # [n_target, m] every image of the target pool, in dataset order
+
+
+def layer_rows(task: Task, num_classes: int) -> np.ndarray:
+    """Rows of the train features used for the layer curves: the first images of each source class."""
+    n_layer = min(LAYER_IMAGES_PER_CLASS, task.train_per_class)
+    return np.concatenate([np.arange(i * task.train_per_class, i * task.train_per_class + n_layer)
+                           for i in range(num_classes)])
+
+
+def target_indices(data: UnitData) -> np.ndarray:
+    """Dataset indices of the target pool's images, sorted."""
+    return np.flatnonzero(np.isin(data.dataset.labels, data.target_pool))
+
+
+def unit_features(unit: Unit, opts: RunOptions, data: UnitData) -> UnitFeatures:
+    """Pretrain (or reuse) the unit's checkpoint and extract its features, in this process."""
+    from ncbench.checkpoint import load_checkpoint
     from ncbench.features import FeatureCache
+
+    ckpt_dir = pretrain_unit(unit, opts, data)
+    model, card = load_checkpoint(ckpt_dir)
+    cache = FeatureCache(Path(opts.out) / "features", model, card, data.dataset)
+    return UnitFeatures(ckpt_dir, cache.features(data.train_idx), cache.features(data.test_idx),
+                        cache.layer_features(data.train_idx[layer_rows(unit.task, len(data.classes))]),
+                        cache.features(target_indices(data)))
+
+
+def run_unit(unit: Unit, opts: RunOptions) -> dict[str, Any]:
+    """Run one unit end to end and return its (ok) result record; exceptions propagate.
+    The backbone's code runs in a sandbox process when :func:`isolated` says so; the rest runs here."""
+    from ncbench import sandbox
+    from ncbench.checkpoint import load_classifier, read_card
     from ncbench.heads import build_head, episode_accuracy, mean_ci95
     from ncbench.metrics import cdnv, collapse_report, ncc_accuracy
     from ncbench.pretrain import layer_collapse
 
     t0 = time.perf_counter()
     task, data = unit.task, unit_data(unit, opts)
-    ds, classes, train_idx, test_idx, tgt_pool = data.dataset, data.classes, data.train_idx, data.test_idx, data.target_pool
-    ckpt_dir = pretrain_unit(unit, opts, data)
-    model, card = load_checkpoint(ckpt_dir)
-    cache = FeatureCache(Path(opts.out) / "features", model, card, ds)
+    ds, classes, train_idx, test_idx = data.dataset, data.classes, data.train_idx, data.test_idx
+    feats = sandbox.unit_features(unit, opts) if isolated(unit, opts) else unit_features(unit, opts, data)
+    ckpt_dir, card = feats.checkpoint, read_card(feats.checkpoint)
 
     # ---- source: collapse on train/test, classifier accuracy, layer curves
     y_train = np.searchsorted(classes, ds.labels[train_idx])  # labels 0..s-1, as in pretraining
     y_test = np.searchsorted(classes, ds.labels[test_idx])
-    f_train, f_test = cache.features(train_idx), cache.features(test_idx)
+    f_train, f_test = feats.train, feats.test
     weight, bias = load_classifier(ckpt_dir)
     source = collapse_report(f_train, y_train, f_test, y_test, weight=weight, bias=bias)
     for name, f, y in (("source_train_acc", f_train, y_train), ("source_test_acc", f_test, y_test)):
         logits = f.double() @ weight.double().T + (0 if bias is None else bias.double())
         source[name] = float((logits.argmax(1).numpy() == y).mean())
 
-    n_layer = min(LAYER_IMAGES_PER_CLASS, task.train_per_class)
-    layer_rows = np.concatenate([np.arange(i * task.train_per_class, i * task.train_per_class + n_layer)
-                                 for i in range(len(classes))])
-    layers, depths = layer_collapse(cache.layer_features(train_idx[layer_rows]), f_train[layer_rows],
-                                    y_train[layer_rows], eps=task.layer_eps)
+    rows = layer_rows(task, len(classes))
+    layers, depths = layer_collapse(feats.layers, f_train[rows], y_train[rows], eps=task.layer_eps)
     source["effective_depth"] = depths["flat"]
 
     # ---- target: collapse of the frozen features on unseen classes, and few-shot episodes
-    tgt_idx = np.flatnonzero(np.isin(ds.labels, tgt_pool))
-    f_tgt = cache.features(tgt_idx)
+    tgt_idx, tgt_pool = target_indices(data), data.target_pool
+    f_tgt = feats.target
     y_tgt = ds.labels[tgt_idx]
     tgt_train = ds.split[tgt_idx] == 0
     target = {"cdnv": cdnv(f_tgt, y_tgt),

@@ -1,7 +1,9 @@
 """``ncbench submit``: validate a backbone, run it on the leaderboard tasks, add its rows.
 
 The backbone is validated on a dummy batch first (shape, finite values, eval-mode determinism), so a
-broken submission fails in seconds with a message naming the spec. With ``--smoke`` the tiny
+broken submission fails in seconds with a message naming the spec. A submission that is not a registered
+ncbench backbone is untrusted: its validation, pretraining and feature extraction run in a sandbox process
+(``ncbench.sandbox``) under ``--timeout-s`` and ``--memory-gb``. With ``--smoke`` the tiny
 ``glyphs-smoke`` task runs first, into a scratch folder, so a submitter sees problems in a minute before
 the real tasks start. The submission's rows are added by rebuilding each task's leaderboard from the
 result files, so existing rows are never rewritten by hand.
@@ -42,19 +44,24 @@ def check_name(name: str, spec: str, leaderboards_dir: Path, tasks: list[str]) -
 
 def submit(args: argparse.Namespace) -> int:
     from ncbench import leaderboard
+    from ncbench import sandbox
     from ncbench.backbones import build_backbone
     from ncbench.cli import UsageError, _options
     from ncbench.run import RunOptions, run_task
     from ncbench.tasks import find_task
 
     options = _options(args.backbone_option, "--backbone-option")
-    build_backbone(args.spec, **options)  # raises BackboneError naming the spec
+    limits = dict(timeout_s=args.timeout_s, memory_gb=args.memory_gb)
+    if sandbox.is_trusted(args.spec):
+        build_backbone(args.spec, **options)  # raises BackboneError naming the spec
+    else:
+        sandbox.check_backbone(args.spec, options, workdir_parent=Path(args.out), **limits)
     names = args.tasks or leaderboard_tasks(args.leaderboards)
     if not names:
         raise UsageError(f"--tasks: no tasks given and no leaderboard CSV in {args.leaderboards}")
     tasks = [find_task(n) for n in names]  # all task files validated before anything runs
     check_name(args.name, args.spec, args.leaderboards, [t.name for t in tasks])
-    base = dict(backbone=args.spec, backbone_options=options, model=args.name, data_root=args.data_root)
+    base = dict(backbone=args.spec, backbone_options=options, model=args.name, data_root=args.data_root, **limits)
 
     if args.smoke:
         scratch = Path(args.out) / "smoke"

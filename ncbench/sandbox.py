@@ -1,0 +1,266 @@
+"""Run an untrusted backbone's code in a child process, with a wall-clock timeout and a memory limit.
+
+A backbone spec that is not a registered ncbench backbone (``module:callable``, ``file.py[:callable]``, an
+entry point) is *untrusted*: the work that executes its code — checking it on a dummy batch, pretraining,
+feature extraction — runs in ``python -m ncbench.sandbox JOB.json``, a child process in its own process
+group with ``RLIMIT_AS`` set to the memory limit. The child writes only JSON (``outcome.json``, and the
+checkpoint's card and curves) and safetensors (the checkpoint, ``features.safetensors``); the parent reads
+back those files, never a pickled object. A crash (signal or nonzero exit), a timeout (the child's whole
+process group is killed) or an exhausted memory limit raises :class:`SandboxError` saying which, so
+``run_task`` records a ``failed`` row and goes on with the next unit.
+
+Job folder (a fresh temporary folder under the run's ``out``, removed afterwards)::
+
+    job.json               {"kind": "check" | "pretrain" | "features", "memory_gb", "log_level", ...}
+    outcome.json           {"ok": true} or {"ok": false, "error": "Type: message", "memory": bool}
+    features.safetensors   "features" jobs: keys train / test / target / layer/<name>, metadata "layers"
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # heavy imports stay inside the functions: the CLI reads the defaults below
+    from ncbench.run import RunOptions, Unit, UnitFeatures
+
+log = logging.getLogger(__name__)
+
+# Sized for a 2-core, 24 GiB machine. The limit is on address space (RLIMIT_AS): importing torch and
+# starting its thread pools reserves about 4 GiB of it before any tensor exists, so 16 GB leaves about 12.
+DEFAULT_TIMEOUT_S = 7200.0
+DEFAULT_MEMORY_GB = 16.0
+JOB_FILE, OUTCOME_FILE, FEATURES_FILE = "job.json", "outcome.json", "features.safetensors"
+MEMORY_EXIT = 3  # the child's exit code when an allocation failed under the memory limit
+
+
+class SandboxError(ValueError):
+    """An untrusted backbone crashed, timed out, ran out of its memory limit or raised in its child process."""
+
+
+def is_trusted(spec: str) -> bool:
+    """True for a backbone registered by ncbench itself (its code ships with the harness)."""
+    from ncbench.registry import BACKBONES
+
+    return isinstance(spec, str) and spec in BACKBONES
+
+
+def check_limits(timeout_s: Any, memory_gb: Any) -> None:
+    """Raise ValueError naming the option unless both limits are positive finite numbers."""
+    for name, v in (("timeout_s", timeout_s), ("memory_gb", memory_gb)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
+            raise ValueError(f"{name}: expected a positive number, got {v!r}")
+
+
+# ----------------------------------------------------------------------------------------- parent side
+def _unit_json(unit: "Unit", opts: "RunOptions") -> dict[str, Any]:
+    return {"task": unit.task.raw, "task_path": unit.task.path, "model": unit.model, "backbone": unit.backbone,
+            "backbone_options": unit.backbone_options, "source_classes": unit.source_classes, "seed": unit.seed,
+            "config_hash": unit.config_hash, "out": str(Path(opts.out).resolve()),
+            "data_root": opts.data_root}
+
+
+def _run_job(job: dict[str, Any], spec: str, timeout_s: float, memory_gb: float, workdir_parent: Path,
+             read: Callable[[Path], Any] = lambda d: None) -> Any:
+    """Run ``job`` in a child process and return ``read(job folder)`` when it succeeds; else raise SandboxError."""
+    from ncbench.checkpoint import write_json
+
+    check_limits(timeout_s, memory_gb)
+    Path(workdir_parent).mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(dir=workdir_parent, prefix=".sandbox-"))
+    try:
+        job = {**job, "memory_gb": memory_gb, "log_level": logging.getLogger("ncbench").getEffectiveLevel(),
+               "parent_pid": os.getpid()}
+        write_json(workdir / JOB_FILE, job)
+        # stdout=2: the child's prints and progress bars go to our stderr, never into our stdout
+        proc = subprocess.Popen([sys.executable, "-m", "ncbench.sandbox", str(workdir / JOB_FILE)],
+                                stdin=subprocess.DEVNULL, stdout=2, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout_s)
+        except BaseException as e:  # timeout, or Ctrl-C (the child's own session does not get it)
+            os.killpg(proc.pid, signal.SIGKILL)  # the group holds the child and anything it started
+            proc.wait()
+            if not isinstance(e, subprocess.TimeoutExpired):
+                raise
+            raise SandboxError(f"backbone {spec!r}: timeout after {timeout_s:g} s ({job['kind']}; "
+                               "raise the limit with --timeout-s)") from None
+        try:
+            outcome = json.loads((workdir / OUTCOME_FILE).read_text())
+        except (OSError, json.JSONDecodeError):
+            outcome = {}
+        if rc == 0 and outcome.get("ok") is True:
+            return read(workdir)
+        if rc == MEMORY_EXIT or outcome.get("memory"):
+            raise SandboxError(f"backbone {spec!r}: memory limit {memory_gb:g} GB exceeded ({job['kind']}; "
+                               f"raise it with --memory-gb): {outcome.get('error', '')}")
+        if outcome.get("error"):
+            raise SandboxError(f"backbone {spec!r} failed in its sandbox ({job['kind']}): {outcome['error']}")
+        if rc < 0:
+            name = signal.Signals(-rc).name if -rc in signal.valid_signals() else str(-rc)
+            raise SandboxError(f"backbone {spec!r}: crashed with signal {name} ({job['kind']})")
+        raise SandboxError(f"backbone {spec!r}: crashed with exit code {rc} ({job['kind']})")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def check_backbone(spec: str, options: dict[str, Any], *, timeout_s: float = DEFAULT_TIMEOUT_S,
+                   memory_gb: float = DEFAULT_MEMORY_GB, workdir_parent: Path = Path("runs")) -> None:
+    """``build_backbone(spec, **options)`` (resolve, build, validate on a dummy batch) in a child process.
+    Any failure there (a BackboneError, a crash, a timeout, the memory limit) is raised here as BackboneError
+    with the sandbox's message, so ``ncbench submit`` exits with 2 naming the spec."""
+    from ncbench.backbones.build import BackboneError
+
+    try:
+        _run_job({"kind": "check", "backbone": spec, "backbone_options": options}, spec, timeout_s, memory_gb,
+                 workdir_parent)
+    except SandboxError as e:
+        raise BackboneError(str(e)) from None
+
+
+def pretrain(unit: "Unit", opts: "RunOptions") -> Path:
+    """``run.pretrain_unit`` of an untrusted unit, in a child process; returns the checkpoint folder."""
+    from ncbench.run import checkpoint_dir
+
+    _run_job({"kind": "pretrain", "unit": _unit_json(unit, opts)}, unit.backbone, opts.timeout_s, opts.memory_gb,
+             opts.out)
+    return checkpoint_dir(unit, opts)
+
+
+def unit_features(unit: "Unit", opts: "RunOptions") -> "UnitFeatures":
+    """``run.unit_features`` of an untrusted unit: pretraining and extraction run in a child process,
+    the features come back through ``features.safetensors``."""
+    from ncbench.run import checkpoint_dir
+
+    return _run_job({"kind": "features", "unit": _unit_json(unit, opts)}, unit.backbone, opts.timeout_s,
+                    opts.memory_gb, opts.out,
+                    read=lambda d: load_features(d / FEATURES_FILE, checkpoint_dir(unit, opts)))
+
+
+def save_features(path: Path, feats: "UnitFeatures") -> None:
+    """Write a unit's features (train [n, m], test, target, and each layer tap) as one safetensors file."""
+    import safetensors.torch
+
+    from ncbench.checkpoint import atomic_write
+
+    tensors = {"train": feats.train, "test": feats.test, "target": feats.target,
+               **{f"layer/{k}": v for k, v in feats.layers.items()}}
+    data = safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()},
+                                  metadata={"layers": json.dumps(list(feats.layers))})
+    atomic_write(Path(path), data)
+
+
+def load_features(path: Path, checkpoint: Path) -> "UnitFeatures":
+    """Read back :func:`save_features` output (tensors only, nothing unpickled); checks names, shapes and
+    that the values are finite float32, raising SandboxError naming the file."""
+    import safetensors
+    import torch
+
+    from ncbench.run import UnitFeatures
+
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            order = json.loads((f.metadata() or {}).get("layers", "null"))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise SandboxError(f"features file {str(path)!r} from the sandbox is unreadable: {type(e).__name__}: {e}") from e
+    expected = {"train", "test", "target", *(f"layer/{k}" for k in order or [])}
+    if not isinstance(order, list) or set(tensors) != expected:
+        raise SandboxError(f"features file {str(path)!r}: expected tensors {sorted(expected)}, got {sorted(tensors)}")
+    m = tensors["train"].shape[1] if tensors["train"].ndim == 2 else None
+    for k, v in tensors.items():
+        if v.dtype != torch.float32 or v.ndim != 2 or (k in ("train", "test", "target") and v.shape[1] != m):
+            raise SandboxError(f"features file {str(path)!r}: {k}: expected float32 [N, {m}], got {v.dtype} {list(v.shape)}")
+        if not torch.isfinite(v).all():
+            raise SandboxError(f"features file {str(path)!r}: {k} holds NaN or inf values")
+    return UnitFeatures(Path(checkpoint), tensors["train"], tensors["test"],
+                        {k: tensors[f"layer/{k}"] for k in order}, tensors["target"])
+
+
+# ------------------------------------------------------------------------------------------ child side
+def _unit_from_json(d: dict[str, Any]) -> tuple["Unit", "RunOptions"]:
+    from ncbench.run import RunOptions, Unit
+    from ncbench.tasks import parse_task
+
+    unit = Unit(parse_task(d["task"], d["task_path"]), d["model"], d["backbone"], d["backbone_options"],
+                d["source_classes"], d["seed"])
+    if unit.config_hash != d["config_hash"]:
+        raise RuntimeError(f"sandbox job: unit config hash {unit.config_hash} != {d['config_hash']} sent by the parent")
+    return unit, RunOptions(out=Path(d["out"]), data_root=d["data_root"], isolate=False)
+
+
+def _job_check(job: dict[str, Any], workdir: Path) -> None:
+    from ncbench.backbones import build_backbone
+
+    build_backbone(job["backbone"], **job["backbone_options"])
+
+
+def _job_pretrain(job: dict[str, Any], workdir: Path) -> None:
+    from ncbench.run import pretrain_unit
+
+    pretrain_unit(*_unit_from_json(job["unit"]))
+
+
+def _job_features(job: dict[str, Any], workdir: Path) -> None:
+    from ncbench.run import unit_data, unit_features
+
+    unit, opts = _unit_from_json(job["unit"])
+    save_features(workdir / FEATURES_FILE, unit_features(unit, opts, unit_data(unit, opts)))
+
+
+JOBS = {"check": _job_check, "pretrain": _job_pretrain, "features": _job_features}
+
+
+def _is_memory_error(e: BaseException) -> bool:
+    # numpy raises MemoryError; torch's CPU allocator a RuntimeError "DefaultCPUAllocator: can't allocate memory"
+    return isinstance(e, MemoryError) or "can't allocate memory" in str(e) or "Cannot allocate memory" in str(e)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: have the kernel SIGKILL this process when the harness dies (PR_SET_PDEATHSIG), so a killed
+    run leaves no orphan still writing into its folders. Elsewhere a no-op."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Child entry point: ``python -m ncbench.sandbox JOB.json``. Returns the exit code."""
+    from ncbench.checkpoint import write_json
+    from ncbench.cli import _keep_freed_memory
+
+    job_file = Path((sys.argv[1:] if argv is None else argv)[0])
+    workdir = job_file.parent
+    job = json.loads(job_file.read_text())
+    _die_with_parent(job["parent_pid"])
+    limit = int(job["memory_gb"] * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    logging.basicConfig(level=job["log_level"], format="%(asctime)s %(levelname)s %(name)s [sandbox]: %(message)s",
+                        datefmt="%H:%M:%S")
+    _keep_freed_memory()
+    try:
+        JOBS[job["kind"]](job, workdir)
+    except Exception as e:  # reported to the parent as data; the traceback goes to stderr
+        memory = _is_memory_error(e)
+        log.error("sandbox job %s failed: %s: %s", job["kind"], type(e).__name__, e, exc_info=not memory)
+        write_json(workdir / OUTCOME_FILE, {"ok": False, "error": f"{type(e).__name__}: {e}", "memory": memory})
+        return MEMORY_EXIT if memory else 1
+    write_json(workdir / OUTCOME_FILE, {"ok": True})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
