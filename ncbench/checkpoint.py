@@ -110,8 +110,10 @@ def atomic_write(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # e.g. a full disk: say which file was being written
+            raise OSError(e.errno, f"cannot write {str(path)!r}: {e.strerror or e}") from e
         raise
 
 
@@ -156,7 +158,8 @@ def read_weights(path: Path, *, allow_pickle: bool = False) -> dict[str, torch.T
     except CheckpointError:
         raise
     except Exception as e:
-        raise CheckpointError(f"cannot read weights file {str(path)!r}: {type(e).__name__}: {e}") from e
+        raise CheckpointError(f"cannot read weights file {str(path)!r} (expected a valid {path.suffix[1:]} file): "
+                              f"{type(e).__name__}: {e}") from e
     raise CheckpointError(f"weights file {str(path)!r}: expected a .safetensors file (or .pt/.pth/.bin with allow_pickle)")
 
 

@@ -204,6 +204,12 @@ def parse_task(data: dict, path: str = "<task>") -> Task:
     if ds_name is not None:
         c.name_in(DATASETS, ds_name, "dataset.name")
     ds_options = c.get(ds, "options", dict, "dataset.options", default={})
+    if ds_name is not None and ds_name in DATASETS and ds_options:
+        from ncbench.data import dataset_options
+
+        accepted = dataset_options(ds_name)
+        for k in sorted(set(ds_options) - set(accepted)):
+            c.bad(f"dataset.options.{k}", f"unknown option of dataset {ds_name!r}; known: {', '.join(accepted)}")
     for k in sorted(set(ds) - {"name", "options"}):
         c.bad(f"dataset.{k}", "unknown field; known: name, options")
 

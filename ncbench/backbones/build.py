@@ -129,12 +129,14 @@ def validate_backbone(model: nn.Module, in_channels: int, image_size: int | tupl
     """Check ``model`` on a seeded dummy batch x: [2, in_channels, H, W] in eval mode.
 
     The output must be a float tensor [2, m] with finite values, equal over two passes (eval-mode
-    determinism), and m must equal ``model.feature_dim`` when present (else it is set). Returns m.
+    determinism), the passes must leave every parameter and buffer unchanged, and m must equal
+    ``model.feature_dim`` when present (else it is set). Returns m.
     The model's train/eval mode is restored. Raises BackboneError naming ``spec``.
     """
     name = repr(spec) if spec is not None else type(model).__name__
     h, w = image_hw(image_size)
     x = torch.randn(2, in_channels, h, w, generator=torch.Generator().manual_seed(0))
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     was_training = model.training
     model.eval()
     try:
@@ -152,6 +154,11 @@ def validate_backbone(model: nn.Module, in_channels: int, image_size: int | tupl
         raise BackboneError(f"backbone {name}: output must be floating point, got {y1.dtype}")
     if not torch.isfinite(y1).all():
         raise BackboneError(f"backbone {name}: output holds NaN or inf values on a dummy batch")
+    after = model.state_dict()
+    changed = sorted(set(state) ^ set(after)) + [k for k in after if k in state and not torch.equal(after[k], state[k])]
+    if changed:
+        raise BackboneError(f"backbone {name}: eval-mode forward passes changed its weights or buffers {changed} "
+                            "(evaluation must leave the model unchanged)")
     if not torch.equal(y1, y2):
         raise BackboneError(f"backbone {name}: two eval-mode forward passes on the same batch differ (not deterministic)")
     m = int(y1.shape[1])

@@ -78,6 +78,18 @@ def per_class_split(labels: np.ndarray) -> np.ndarray:
     return split
 
 
+def read_image(dataset: str, path: Path, size: int | None, mode: str, transform=None) -> np.ndarray:
+    """The image file at ``path`` as :func:`to_array` gives it (``transform`` applied to the image converted
+    to ``mode`` first); an unreadable or truncated file raises DatasetError naming it."""
+    try:
+        with Image.open(path) as im:
+            image = im.convert(mode)
+            return to_array(transform(image) if transform else image, size, mode)
+    except (OSError, Image.DecompressionBombError) as e:
+        raise DatasetError(f"{dataset}: image file {str(path)!r} is unreadable ({e}); expected an image file "
+                           "PIL can decode (PNG, JPEG)") from None
+
+
 def to_array(image: Image.Image, size: int | None, mode: str) -> np.ndarray:
     """A PIL image as uint8 [size, size, C] (C = 1 for mode "L", 3 for "RGB"), resized with antialiasing
     (PIL bilinear with support scaling) when ``size`` is given."""

@@ -15,7 +15,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ncbench.data.base import DatasetError, ImageDataset, train_mean_std
-from ncbench.data.common import check_size, missing_files_error, named_class_splits, per_class_split, require_root, split_list, to_array
+from ncbench.data.common import (check_size, missing_files_error, named_class_splits, per_class_split, read_image,
+                                 require_root, split_list, to_array)
 from ncbench.registry import register_dataset
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,7 @@ def _from_folder(root: Path, size: int) -> tuple[list[str], list[np.ndarray], li
     images, labels = [], []
     for k, (_, files) in enumerate(tqdm(classes, desc="mini-imagenet: reading", unit="class", disable=None)):
         for f in files:
-            with Image.open(f) as im:
-                images.append(to_array(im, size, "RGB"))
+            images.append(read_image("mini-imagenet", f, size, "RGB"))
             labels.append(k)
     return names, images, labels
 

@@ -11,13 +11,13 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ImageOps
 from torchvision.datasets import Omniglot
 from tqdm.auto import tqdm
 
 from ncbench.data.base import DatasetError, ImageDataset, train_mean_std
 from ncbench.data.common import (check_size, default_cache_dir, missing_files_error, per_class_split, require_root,
-                                 seeded_class_splits, to_array)
+                                 read_image, seeded_class_splits)
 from ncbench.registry import register_dataset
 
 log = logging.getLogger(__name__)
@@ -106,8 +106,7 @@ def load(
     images, labels = [], []
     for k, pngs in enumerate(tqdm(files, desc="omniglot: reading", unit="class", disable=None)):
         for png in pngs:
-            with Image.open(png) as im:
-                images.append(to_array(ImageOps.invert(im.convert("L")), size, "L"))
+            images.append(read_image("omniglot", png, size, "L", ImageOps.invert))
             labels.append(k)
     images_arr = np.stack(images)
     labels_arr = np.asarray(labels, np.int64)
