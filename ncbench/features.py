@@ -12,6 +12,7 @@ and maps uint8 images [N, H, W, C] to float32 [N, C, H, W] as (x / 255 - mean) /
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ncbench.backbones import probe_layers
-from ncbench.checkpoint import Card, load_checkpoint, read_weights, save_tensors
+from ncbench.checkpoint import Card, CheckpointError, load_checkpoint, read_weights, save_tensors
 from ncbench.data.base import ImageDataset
 
+log = logging.getLogger(__name__)
 
 
 def preprocessing_of(dataset: ImageDataset) -> dict[str, Any]:
@@ -171,7 +173,10 @@ class FeatureCache:
             raise ValueError(f"idx must be a 1-D integer array, got {idx.dtype} {idx.shape}")
         path = self._path(kind, idx)
         if path.is_file():
-            return read_weights(path)
+            try:
+                return read_weights(path)
+            except CheckpointError as e:  # a cut or corrupted cache file: extract again
+                log.warning("feature cache: %s; extracting again", e)
         images = self.dataset.images[idx]
         if kind == "features":
             tensors = {"features": extract(self.model, images, self.preprocessing, batch_size=self.batch_size)}

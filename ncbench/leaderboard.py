@@ -2,9 +2,11 @@
 
 One row per (model, source_classes, seed, head, shots) of a finished unit, and one row (head and shots
 empty) per failed unit, so failures are never silently missing. Rows are sorted by their key and floats
-written with a fixed format, so rebuilding from the same result files gives the same bytes. The file is
-written atomically under a lock: concurrent rebuilds cannot tear it or lose rows (every rebuild reads all
-result files). Column meanings: ``leaderboards/README.md``.
+written with a fixed format, so rebuilding from the same result files gives the same bytes. A rebuild
+reads the result files and writes the file atomically while holding ``<task>.csv.lock``, so concurrent
+rebuilds cannot tear it, and none can overwrite a newer rebuild with rows read before it: every process
+writes its result file before rebuilding, so the last rebuild to take the lock holds every row.
+Column meanings: ``leaderboards/README.md``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from filelock import FileLock
 
@@ -90,13 +93,12 @@ def to_csv_text(df: pd.DataFrame) -> str:
     return df.to_csv(index=False, float_format=FLOAT_FORMAT, lineterminator="\n")
 
 
-def write(df: pd.DataFrame, path: Path) -> Path:
-    """Write a leaderboard CSV atomically under ``<path>.lock``."""
+def lock(path: Path) -> FileLock:
+    """The lock of leaderboard CSV ``path`` (``<path>.lock``), creating its folder. An OS file lock: the
+    kernel releases it when its holder dies, even by SIGKILL, so a killed rebuild never blocks the next."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        atomic_write_text(path, to_csv_text(df))
-    return path
+    return FileLock(str(path) + ".lock")
 
 
 def rebuild(results_dir: Path, leaderboards_dir: Path, tasks: list[str] | None = None) -> list[Path]:
@@ -106,8 +108,11 @@ def rebuild(results_dir: Path, leaderboards_dir: Path, tasks: list[str] | None =
         tasks = sorted(p.name for p in results_dir.iterdir() if p.is_dir()) if results_dir.is_dir() else []
     written = []
     for task in tasks:
-        df = build(results_dir, task)
-        written.append(write(df, Path(leaderboards_dir) / f"{task}.csv"))
+        path = Path(leaderboards_dir) / f"{task}.csv"
+        with lock(path):  # read and write under one lock: a rebuild that read fewer files cannot write last
+            df = build(results_dir, task)
+            atomic_write_text(path, to_csv_text(df))
+        written.append(path)
         log.info("leaderboard %s: %d rows (%d failed units)", written[-1], len(df), int(df["status"].eq("failed").sum()))
     return written
 
@@ -125,9 +130,13 @@ def read(path: Path) -> pd.DataFrame:
         raise ValueError(f"{path}: missing leaderboard columns {missing} (expected the columns of leaderboards/README.md)")
     for c in set(COLUMNS) - set(STR_COLUMNS):
         conv = pd.to_numeric(df[c], errors="coerce")
-        bad = conv.isna() & df[c].notna()
+        bad = (conv.isna() & df[c].notna()) | np.isinf(conv)
+        kind = "numbers"
+        if c in INT_COLUMNS:
+            bad |= conv.notna() & (conv % 1 != 0)
+            kind = "integers"
         if bad.any():
-            raise ValueError(f"{path}: column {c!r}: expected numbers, got {df.loc[bad, c].iloc[0]!r} "
+            raise ValueError(f"{path}: column {c!r}: expected {kind}, got {df.loc[bad, c].iloc[0]!r} "
                              f"(row {int(bad.idxmax()) + 2})")
         df[c] = conv
     return to_frame(df.to_dict("records"))
