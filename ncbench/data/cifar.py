@@ -18,7 +18,7 @@ import numpy as np
 from torchvision.datasets import CIFAR100
 
 from ncbench.data.base import TEST, TRAIN, ImageDataset, train_mean_std
-from ncbench.data.common import missing_files_error, named_class_splits, require_root, split_list
+from ncbench.data.common import named_class_splits, require_root, split_list, torchvision_splits
 from ncbench.registry import register_dataset
 
 _EXPECTED = "torchvision's CIFAR-100 layout: <root>/cifar-100-python/{train,test,meta} (pickles)"
@@ -27,12 +27,7 @@ _EXPECTED = "torchvision's CIFAR-100 layout: <root>/cifar-100-python/{train,test
 def _cifar100(name: str, root, download: bool, lists: dict[str, list[str]]) -> ImageDataset:
     """CIFAR-100 through ``torchvision.datasets.CIFAR100`` (which checks the files' md5 sums)."""
     path = require_root(name, root, _EXPECTED, downloadable=True, download=download)
-    parts = []
-    for train in (True, False):
-        try:
-            parts.append(CIFAR100(str(path), train=train, download=download))
-        except RuntimeError as err:  # torchvision: "Dataset not found or corrupted ..."
-            raise missing_files_error(name, path, _EXPECTED, downloadable=True, cause=str(err)) from err
+    parts = torchvision_splits(name, CIFAR100, path, _EXPECTED, download)
     images = np.concatenate([p.data for p in parts]).astype(np.uint8)
     labels = np.concatenate([np.asarray(p.targets, np.int64) for p in parts])
     split = np.concatenate([np.full(len(p.data), s, np.int8) for p, s in zip(parts, (TRAIN, TEST))])

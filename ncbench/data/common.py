@@ -105,3 +105,15 @@ def check_size(dataset: str, image_size: object) -> int:
     if not isinstance(image_size, (int, np.integer)) or isinstance(image_size, bool) or image_size < 1:
         raise DatasetError(f"{dataset}: option 'image_size' must be a positive integer, got {image_size!r}")
     return int(image_size)
+
+
+def torchvision_splits(name: str, factory, path: Path, expected: str, download: bool) -> list:
+    """The official train and test sets of a torchvision dataset class (``factory(root, train=, download=)``),
+    in that order; torchvision's "not found or corrupted" becomes a DatasetError naming ``path``."""
+    parts = []
+    for train in (True, False):
+        try:
+            parts.append(factory(str(path), train=train, download=download))
+        except RuntimeError as err:  # torchvision: "Dataset not found or corrupted ..."
+            raise missing_files_error(name, path, expected, downloadable=True, cause=str(err)) from err
+    return parts

@@ -8,19 +8,14 @@ import numpy as np
 from torchvision.datasets import EMNIST, FashionMNIST
 
 from ncbench.data.base import TEST, TRAIN, DatasetError, ImageDataset, train_mean_std
-from ncbench.data.common import missing_files_error, require_root, seeded_class_splits
+from ncbench.data.common import require_root, seeded_class_splits, torchvision_splits
 from ncbench.registry import register_dataset
 
 
 def _load(name: str, factory, folder: str, files: str, root, download: bool, seed: int, transpose: bool) -> ImageDataset:
     expected = f"torchvision's layout <root>/{folder}/raw/ with {files}"
     path = require_root(name, root, expected, downloadable=True, download=download)
-    parts = []
-    for train in (True, False):
-        try:
-            parts.append(factory(str(path), train=train, download=download))
-        except RuntimeError as err:  # torchvision: "Dataset not found. You can use download=True ..."
-            raise missing_files_error(name, path, expected, downloadable=True, cause=str(err)) from err
+    parts = torchvision_splits(name, factory, path, expected, download)
     images = np.concatenate([p.data.numpy() for p in parts]).astype(np.uint8)
     if transpose:
         images = images.transpose(0, 2, 1)
