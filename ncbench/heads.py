@@ -30,6 +30,7 @@ separate the top class (:func:`_certified_argmax`): the predictions are those of
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from typing import Any
@@ -385,6 +386,8 @@ def _register(name: str, cls: type, allowed: tuple[str, ...], doc: str, **fixed:
         return _build(name, cls, options, allowed, **fixed)
 
     factory.__name__, factory.__doc__, factory.options = name.replace("-", "_") + "_head", doc, allowed
+    params = inspect.signature(cls).parameters
+    factory.defaults = {k: params[k].default for k in allowed if params[k].default is not inspect.Parameter.empty}
     register_head(name, factory)
 
 

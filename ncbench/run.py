@@ -40,6 +40,7 @@ from ncbench.checkpoint import git_commit
 from ncbench.episodes import draw_source_classes, sample_episodes, source_images, split_pools
 from ncbench.results import load_result, result_path, write_result, ResultError
 from ncbench.sandbox import DEFAULT_MEMORY_GB, DEFAULT_TIMEOUT_S, check_limits
+from ncbench.registry import HEADS
 from ncbench.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -283,14 +284,11 @@ def run_unit(unit: Unit, opts: RunOptions) -> dict[str, Any]:
 
     return {
         "schema": 1, "status": "ok", "error": None, "unit": unit.key(),
-        "provenance": {"ncbench_version": __version__, "git_commit": git_commit() or "unknown",
-                       "torch_version": torch.__version__, "device": "cpu",
-                       "checkpoint": unit.checkpoint_name, "checkpoint_sha256": card.sha256,
-                       "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                       "wall_time_s": round(time.perf_counter() - t0, 3), "episodes": episode_hashes},
+        "provenance": provenance(unit, t0, card.sha256, episode_hashes),
         "source": {k: _number(v) for k, v in source.items()},
         "target": {k: _number(v) for k, v in target.items()},
-        "layers": [{k: _number(v) if k in ("ncc_error", "cdnv") else v for k, v in r.items()} for r in layers], "episodes": episodes_out,
+        "layers": [{k: _number(v) if k in ("ncc_error", "cdnv") else v for k, v in r.items()} for r in layers],
+        "episodes": episodes_out,
         "source_classes": [ds.class_names[c] for c in classes],
         "training_curve": training_curve(ckpt_dir),
     }
@@ -298,17 +296,22 @@ def run_unit(unit: Unit, opts: RunOptions) -> dict[str, Any]:
 
 def head_label(spec: dict[str, Any]) -> str:
     """Leaderboard name of a head spec: its name, plus non-default options (``ridge`` / ``ridge-alpha10``)."""
-    opts = {k: v for k, v in spec.items() if k != "name"}
-    return spec["name"] + "".join(f"-{k}{v}" for k, v in sorted(opts.items()) if not (k == "alpha" and v == 1.0))
+    defaults = HEADS.get(spec["name"]).defaults
+    return spec["name"] + "".join(f"-{k}{v}" for k, v in sorted(spec.items())
+                                  if k != "name" and not (k in defaults and v == defaults[k]))
+
+
+def provenance(unit: Unit, t0: float, checkpoint_sha256: str | None, episodes: dict[str, str]) -> dict[str, Any]:
+    """Where a result came from: versions, commit, device, checkpoint, time; ``t0`` = the unit's start."""
+    return {"ncbench_version": __version__, "git_commit": git_commit() or "unknown",
+            "torch_version": torch.__version__, "device": "cpu", "checkpoint": unit.checkpoint_name,
+            "checkpoint_sha256": checkpoint_sha256, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "wall_time_s": round(time.perf_counter() - t0, 3), "episodes": episodes}
 
 
 def failed_record(unit: Unit, err: BaseException, t0: float) -> dict[str, Any]:
     return {"schema": 1, "status": "failed", "error": f"{type(err).__name__}: {err}", "unit": unit.key(),
-            "provenance": {"ncbench_version": __version__, "git_commit": git_commit() or "unknown",
-                           "torch_version": torch.__version__, "device": "cpu", "checkpoint": unit.checkpoint_name,
-                           "checkpoint_sha256": None,
-                           "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                           "wall_time_s": round(time.perf_counter() - t0, 3), "episodes": {}}}
+            "provenance": provenance(unit, t0, None, {})}
 
 
 def run_task(task: Task, opts: RunOptions) -> list[tuple[Unit, str]]:
