@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from ncbench.backbones import is_user_spec
 from ncbench.registry import BACKBONES, DATASETS, HEADS, METRICS, Registry, UnknownNameError
 
 TASK_KEYS = {"include", "name", "version", "description", "dataset", "pools", "source_classes",
@@ -164,7 +165,7 @@ class _Checker:
     def name_in(self, registry: Registry, name, fieldname: str) -> None:
         if not isinstance(name, str):
             self.bad(fieldname, f"expected a {registry.kind} name (string), got {name!r}")
-        elif name not in registry and not (registry is BACKBONES and (":" in name or name.endswith(".py"))):
+        elif name not in registry and not (registry is BACKBONES and is_user_spec(name)):
             self.bad(fieldname, registry.unknown_message(name))
 
     def mapping(self, data: dict, key: str, fieldname: str | None = None, default=...) -> dict:

@@ -71,6 +71,13 @@ def _attr(module: Any, name: str, spec: str) -> Callable[..., Any]:
     return obj
 
 
+def is_user_spec(spec: str) -> bool:
+    """True when ``spec`` has the form of a user backbone: a ``.py`` file, ``module:callable``, or the name
+    of an installed entry point in :data:`ENTRY_POINT_GROUP` (nothing is imported)."""
+    return (spec.endswith(".py") or ":" in spec
+            or bool(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=spec)))
+
+
 def resolve_backbone(spec: str) -> Callable[..., Any]:
     """The factory a spec names (see the module docstring for the forms); raises BackboneError."""
     if not isinstance(spec, str) or not spec:
