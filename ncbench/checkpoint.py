@@ -71,6 +71,8 @@ class Card:
     run_id: str = ""
     train_loss: float | None = None
     train_acc: float | None = None
+    world_size: int = 1        # processes that trained it (DistributedDataParallel when > 1)
+    device: str = "cpu"        # device type it was trained on ("cpu", "cuda")
     weights: str = WEIGHTS_FILE
     sha256: str = ""
     format: int = CARD_FORMAT

@@ -2,6 +2,9 @@
 
 Exit codes: 0 success, 1 a unit or check failed while running, 2 bad usage or bad input (the message
 names the file, field or argument and what was expected).
+
+Under ``torchrun --nproc-per-node=G -m ncbench pretrain|evaluate|run ...`` every process runs the command;
+they pretrain together (``ncbench.distributed``) and rank 0 alone writes results and prints.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ EPILOG_EXAMPLES = {
     "validate": "example: ncbench validate tasks/*.yaml",
     "pretrain": "example: ncbench pretrain glyphs --source-classes 20 --seed 0",
     "evaluate": "example: ncbench evaluate glyphs --source-classes 20 --seed 0",
-    "run": "example: ncbench run glyphs --backbone resnet12 --seeds 0 1",
+    "run": ("examples:\n  ncbench run glyphs --backbone resnet12 --seeds 0 1\n"
+            "  ncbench run omniglot --executor slurm --partition gpu --gpus 1 --time-min 120 --no-wait\n"
+            "  torchrun --nproc-per-node=4 -m ncbench run mini-imagenet --backbone resnet12"),
     "leaderboard": "example: ncbench leaderboard --task glyphs",
     "compare": "example: ncbench compare leaderboards/glyphs.csv my-results/glyphs.csv --out diff.csv",
     "submit": "example: ncbench submit my_nets.py:SmallNet --name smallnet --smoke",
@@ -114,6 +119,7 @@ def _run_options(args: argparse.Namespace, **over):
                       model=getattr(args, "model", None), seeds=_as_list(getattr(args, "seeds", None)),
                       source_classes=_as_list(getattr(args, "source_classes", None)),
                       force=getattr(args, "force", False),
+                      isolate=False if getattr(args, "trust_backbone", False) else None,
                       **{k: getattr(args, k) for k in ("timeout_s", "memory_gb") if hasattr(args, k)},
                       **over)
 
@@ -131,39 +137,58 @@ def _single_unit(args: argparse.Namespace):
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    from ncbench import distributed
     from ncbench.run import pretrain_unit
 
     unit, opts = _single_unit(args)
-    print(pretrain_unit(unit, opts))
+    path = pretrain_unit(unit, opts)
+    if distributed.place().is_main:
+        print(path)
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ncbench import distributed
     from ncbench.results import write_result
-    from ncbench.run import run_unit
+    from ncbench.run import pretrain_unit, run_unit
 
     unit, opts = _single_unit(args)
-    path = write_result(opts.results, run_unit(unit, opts))
-    print(path)
+    if distributed.place().world_size > 1:  # pretrain together, then rank 0 evaluates
+        pretrain_unit(unit, opts)
+        if not distributed.place().is_main:
+            return 0
+    print(write_result(opts.results, run_unit(unit, opts)))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ncbench import leaderboard
-    from ncbench.run import run_task
+    from ncbench import distributed, leaderboard
+    from ncbench.executor import LOST, SUBMITTED, SlurmOptions, execute
     from ncbench.tasks import find_task
 
     task = find_task(args.task)
     opts = _run_options(args)
-    statuses = run_task(task, opts)
-    if not args.no_leaderboard:
+    slurm = None
+    if args.executor != "local":
+        slurm = SlurmOptions.from_task(task, **{k: getattr(args, k) for k in SlurmOptions.fields()})
+    statuses = execute(task, opts, args.executor, workers=args.workers, slurm=slurm, wait_for_jobs=not args.no_wait)
+    if not distributed.place().is_main:
+        return 0
+    submitted = [u for u, st in statuses if st == SUBMITTED]
+    if submitted:
+        print(f"submitted {len(submitted)} of {len(statuses)} units; when their jobs end, "
+              f"`ncbench leaderboard --task {task.name}` merges the results (the log names the job ids)")
+    elif not args.no_leaderboard:
         leaderboard.rebuild(opts.results, args.leaderboards, [task.name])
-    failed = [u.checkpoint_name for u, st in statuses if st != "ok"]
+    failed = [u.checkpoint_name for u, st in statuses if st == "failed"]
+    lost = [u.checkpoint_name for u, st in statuses if st == LOST]
     if failed:
         print(f"{len(failed)} of {len(statuses)} units failed: {', '.join(failed)} (see the error column)",
               file=sys.stderr)
-        return 1
-    return 0
+    if lost:
+        print(f"{len(lost)} of {len(statuses)} units were lost with their process or job, without a result: "
+              f"{', '.join(lost)} (run the same command again: it runs only the missing units)", file=sys.stderr)
+    return 1 if failed or lost else 0
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -236,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="registered backbone, module:callable or file.py[:callable] (default: the task's)")
         p.add_argument("--backbone-option", action="append", metavar="KEY=VALUE", help="backbone option (repeatable)")
         p.add_argument("--model", metavar="NAME", help="leaderboard name of the model (default: the backbone)")
+        p.add_argument("--trust-backbone", action="store_true",
+                       help="run a file / module / entry-point backbone's code in this process instead of a sandbox "
+                            "(needed to pretrain it with torchrun)")
         nargs = "+" if grid else None
         p.add_argument("--source-classes", type=int, nargs=nargs, metavar="S",
                        help="source-class counts (default: the task's list)" if grid else "source-class count")
@@ -253,6 +281,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="re-run units that already have a finished result")
     p.add_argument("--no-leaderboard", action="store_true", help="do not rebuild the leaderboard afterwards")
     limits(p)
+    g = p.add_argument_group("executor", "where the units run (docs/scaling.md); Slurm options override the "
+                                         "task file's slurm: block")
+    g.add_argument("--executor", choices=["local", "slurm", "submitit-local"], default="local",
+                   help="local: a process pool on this machine (default); slurm: one Slurm job array through "
+                        "submitit; submitit-local: the same submission run as local subprocesses")
+    g.add_argument("--workers", type=int, metavar="N",
+                   help="local worker processes (default: one per 4 CPUs, at most one per unit)")
+    for name, kind, text in (("partition", str, "Slurm partition"), ("account", str, "Slurm account"),
+                             ("qos", str, "Slurm QOS"), ("constraint", str, "Slurm node constraint"),
+                             ("time-min", int, "time limit per unit, minutes (default: 240)"),
+                             ("gpus", int, "GPUs per unit; more than 1 trains the unit with DDP (default: 0)"),
+                             ("cpus", int, "CPUs (and torch threads) per process (default: 4)"),
+                             ("mem-gb", float, "memory per unit's job, GB"),
+                             ("max-parallel", int, "array tasks running at once (default: 32)")):
+        g.add_argument(f"--{name}", dest=name.replace("-", "_"), type=kind, help=text,
+                       metavar="N" if kind is not str else "NAME")
+    g.add_argument("--no-wait", action="store_true",
+                   help="submit and return (Slurm); merge later with `ncbench leaderboard`")
 
     p = add("leaderboard", cmd_leaderboard, "rebuild leaderboard CSVs from the raw result files")
     p.add_argument("--task", nargs="+", help="tasks to rebuild (default: every task with results)")
@@ -302,8 +348,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     _keep_freed_memory()
+    from ncbench import distributed
+
     try:
-        return args.func(args)
+        with distributed.session() as where:
+            if not where.is_main:  # one log, one progress bar: rank 0's
+                logging.getLogger().setLevel(logging.WARNING)
+            return args.func(args)
     except INPUT_ERRORS as e:
         if args.verbose:
             log.exception("details")

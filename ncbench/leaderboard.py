@@ -28,10 +28,11 @@ SOURCE_METRICS = ["source_train_acc", "source_test_acc", "cdnv_train", "cdnv_tes
                   "nc2_equiangularity", "nc3", "nc4", "ncc_train_acc", "ncc_test_acc", "strong_test_collapse",
                   "weak_test_collapse", "effective_depth"]
 PROVENANCE = ["episodes_hash", "config_hash", "checkpoint", "checkpoint_sha256", "ncbench_version", "git_commit",
-              "torch_version", "device", "date", "wall_time_s"]
+              "torch_version", "device", "world_size", "date", "wall_time_s"]
 COLUMNS = (KEY + ["task_version", "backbone", "status", "ways", "queries", "acc_mean", "acc_ci95", "n_episodes",
                   "target_cdnv", "target_ncc_acc"] + SOURCE_METRICS + PROVENANCE + ["error", "result_file"])
-INT_COLUMNS = ["source_classes", "seed", "task_version", "shots", "ways", "queries", "n_episodes", "effective_depth"]
+INT_COLUMNS = ["source_classes", "seed", "task_version", "shots", "ways", "queries", "n_episodes", "effective_depth",
+               "world_size"]
 STR_COLUMNS = ["task", "model", "head", "backbone", "status", "episodes_hash", "config_hash", "checkpoint",
                "checkpoint_sha256", "ncbench_version", "git_commit", "torch_version", "device", "date", "error",
                "result_file"]
@@ -43,6 +44,7 @@ def rows_from_record(rec: dict[str, Any], result_file: str = "") -> list[dict[st
     unit, prov = rec["unit"], rec.get("provenance", {})
     base = {k: unit[k] for k in ("task", "task_version", "model", "backbone", "source_classes", "seed", "config_hash")}
     base.update({k: prov.get(k) for k in PROVENANCE if k not in ("episodes_hash", "config_hash")})
+    base["world_size"] = prov.get("world_size", 1)  # results written before multi-process training: one process
     base.update(status=rec["status"], error=rec.get("error"), result_file=result_file)
     if rec["status"] != "ok":
         return [base]

@@ -6,6 +6,13 @@ schedule. Every run is seeded and deterministic on CPU: the model is initialised
 e shuffles with a ``torch.Generator`` seeded from (seed, e) and reseeds torch's global RNG inside a forked
 RNG state, so a run resumed from its last epoch checkpoint ends with the same weights as an uninterrupted one.
 
+Launched as G processes (``torchrun``, or a submitit job with G tasks; see ``ncbench.distributed``) the same
+function trains one model with DistributedDataParallel: every process draws the same epoch permutation and
+takes every G-th image of each batch, and losses are scaled so the averaged gradient is that of the whole
+batch of ``batch_size`` images. BatchNorm statistics are per process, so the weights are close to, not
+identical with, single-process training. Rank 0 alone tracks collapse and writes files; the card records
+``world_size`` and ``device``.
+
 Files in ``out_dir``: ``run.json`` (what the run is), ``resume/`` (last epoch state, removed at the end),
 ``curve.csv`` (one row per epoch: lr, loss, running accuracy, and at tracked epochs accuracy, CDNV,
 NC1–NC4 of source train/test features, effective depth), ``layer_curve.csv`` (long form: epoch, layer,
@@ -23,6 +30,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ncbench import distributed
 from ncbench.backbones import build_backbone
 from ncbench.checkpoint import (
     CARD_FILE,
@@ -81,7 +90,8 @@ class PretrainConfig:
     classifier:      "linear" (learned weight and bias) or "etf" (fixed simplex ETF, no bias; Zhu et al. 2021).
     track_every:     compute collapse metrics every this many epochs (and before training); 0 = off.
     track_per_class: train images per class used for the per-layer curves (flattened maps are large); 0 = all.
-    num_threads:     torch CPU threads; None = the CPUs this process may use.
+    num_threads:     torch CPU threads; None = ``$NCBENCH_THREADS``, else Slurm's CPUs per task, else the CPUs this
+                     process may use shared by the processes of its node (``LOCAL_WORLD_SIZE``).
     """
 
     epochs: int = 30
@@ -185,8 +195,22 @@ def _deterministic() -> Iterator[None]:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
+THREADS_ENV = "NCBENCH_THREADS"
+
+
+def default_threads() -> int:
+    """CPU threads for one training process when the recipe does not say (see ``PretrainConfig.num_threads``)."""
+    for name in (THREADS_ENV, "SLURM_CPUS_PER_TASK"):
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    return max(1, cpus // (int(local) if local.isdigit() and int(local) > 0 else 1))
+
+
 def _set_threads(num_threads: int | None) -> None:
-    n = num_threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    n = num_threads or default_threads()
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
 
@@ -241,7 +265,7 @@ class _Resume:
         for i, p in enumerate(opt.param_groups[0]["params"]):
             buf = tensors.get(f"optimizer.{i}.momentum_buffer")
             if buf is not None:
-                opt.state[p]["momentum_buffer"] = buf
+                opt.state[p]["momentum_buffer"] = buf.to(p.device)
         return int(state["epoch"]), state["records"]
 
     def clear(self) -> None:
@@ -266,7 +290,7 @@ def _classifier_tensors(head: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | N
 def _accuracy(head: nn.Linear, features: torch.Tensor, labels: np.ndarray) -> float:
     """Classifier accuracy on features [N, m] with labels [N] in 0..s-1."""
     with torch.inference_mode():
-        return float((head(features).argmax(1).numpy() == labels).mean())
+        return float((head(features.to(head.weight.device)).argmax(1).cpu().numpy() == labels).mean())
 
 
 def _track(model: nn.Module, head: nn.Linear, train: _Split, test: _Split | None, layer_idx: np.ndarray, pp: dict) -> tuple[dict, list[dict]]:
@@ -336,28 +360,49 @@ def _check_same_run(out_dir: Path, identity: dict) -> None:
         raise CheckpointError(f"{str(out_dir)!r} holds a different pretraining run ({detail}); use another out_dir or delete it")
 
 
-def _train_epoch(model: nn.Module, head: nn.Linear, opt: torch.optim.SGD, images: torch.Tensor, labels: torch.Tensor,
+class _Net(nn.Module):
+    """backbone → classifier as one module, the unit DistributedDataParallel wraps."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Linear):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, H, W] -> logits [B, K]
+        return self.head(self.backbone(x))
+
+
+def _train_epoch(net: nn.Module, opt: torch.optim.SGD, images: torch.Tensor, labels: torch.Tensor,
                  pp: dict, loss_kind: str, batch_size: int, generator: torch.Generator) -> tuple[float, float]:
-    """One epoch over shuffled full batches; returns (mean loss, running accuracy)."""
-    model.train()
-    head.train()
+    """One epoch over shuffled full batches of images uint8 [N, H, W, C] (CPU) and labels [N]; returns
+    (mean loss, running accuracy) over the whole group.
+
+    With G processes each takes every G-th image of the batch, and its loss is scaled by n_local·G / B so
+    that DDP's gradient average equals the gradient of the batch's mean loss."""
+    where = distributed.place()
+    dev = next(net.parameters()).device
+    net.train()
     n = len(labels)
     bs = min(batch_size, n)
+    if bs < where.world_size:
+        raise ValueError(f"a batch of {bs} images cannot be shared by {where.world_size} processes")
     order = torch.randperm(n, generator=generator)
-    total_loss = torch.zeros((), dtype=torch.float64)
-    correct = torch.zeros((), dtype=torch.int64)
+    total_loss = torch.zeros((), dtype=torch.float64, device=dev)
+    correct = torch.zeros((), dtype=torch.int64, device=dev)
     steps = n // bs
     for b in range(steps):
-        idx = order[b * bs : (b + 1) * bs]
-        target = labels[idx]
-        logits = head(model(to_input(images[idx], pp)))
+        idx = order[b * bs : (b + 1) * bs][where.rank :: where.world_size]
+        target = labels[idx].to(dev)
+        logits = net(to_input(images[idx], pp).to(dev))
         loss = _loss(loss_kind, logits, target)
+        if where.world_size > 1:
+            loss = loss * (len(idx) * where.world_size / bs)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         total_loss += loss.detach()
         correct += (logits.detach().argmax(1) == target).sum()
-    return float(total_loss) / steps, int(correct) / (steps * bs)
+    loss_sum, correct_sum = distributed.all_sum([float(total_loss) / where.world_size, float(correct)])
+    return loss_sum / steps, int(correct_sum) / (steps * bs)
 
 
 def pretrain(
@@ -378,6 +423,8 @@ def pretrain(
     ``test_idx`` (held-out images of the same source classes) is only used for tracking. A partial run in
     ``out_dir`` with the same inputs is resumed; a finished one is returned at once; a different run there
     raises CheckpointError. ``card_extra`` keys (e.g. ``name``, ``task``) are added to the card.
+    Inside a process group (``ncbench.distributed.session``) every process calls this with the same
+    arguments; they train one model with DistributedDataParallel and rank 0 writes the files.
     """
     if not isinstance(config, PretrainConfig):
         raise ValueError(f"config must be a PretrainConfig, got {type(config).__name__}")
@@ -417,14 +464,17 @@ def pretrain(
     }
     identity = json.loads(json.dumps(identity))  # tuples -> lists, as read back from run.json
     run_id = _digest(identity)
+    where, dev = distributed.place(), distributed.device()
     _check_same_run(out_dir, identity)
     if (out_dir / CARD_FILE).is_file():
         if read_card(out_dir).run_id != run_id:
             raise CheckpointError(f"{str(out_dir)!r} holds the checkpoint of a different run; use another out_dir")
         logger.info("%s already holds this finished checkpoint", out_dir)
         return out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / RUN_FILE, identity)
+    distributed.barrier()  # every process has looked for the card before rank 0 can write one
+    if where.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / RUN_FILE, identity)
     _set_threads(config.num_threads)
 
     k = len(classes)
@@ -434,32 +484,45 @@ def pretrain(
     resume = _Resume(out_dir)
     with _deterministic(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_backbone(backbone, **options)
-        head = _make_classifier(config.classifier, model.feature_dim, k, seed)
+        model = build_backbone(backbone, **options).to(dev)
+        head = _make_classifier(config.classifier, model.feature_dim, k, seed).to(dev)
         params = [p for p in (*model.parameters(), *head.parameters()) if p.requires_grad]
         opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
         start, records = resume.load(model, head, opt)
         if start:
             logger.info("resuming %s from epoch %d of %d", out_dir, start, config.epochs)
-        elif config.track_every:
+        elif config.track_every and where.is_main:
             row, layer_rows = _track(model, head, train, test, layer_idx, pp)
             records.append({"epoch": 0, **row, "layers": layer_rows})
-        bar = tqdm(range(start, config.epochs), initial=start, total=config.epochs, desc=f"pretrain {backbone}", unit="epoch", disable=None)
+        net: nn.Module = _Net(model, head)
+        if where.world_size > 1:
+            # a size-1 dimension (e.g. a conv on one input channel) gives grads other strides than DDP's
+            # buckets: harmless, but torch warns at every step
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+            net = nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+            logger.info("training %s with DistributedDataParallel on %d processes (%s)", backbone, where.world_size, dev)
+        bar = tqdm(range(start, config.epochs), initial=start, total=config.epochs, desc=f"pretrain {backbone}", unit="epoch",
+                   disable=None if where.is_main else True)
         for epoch in bar:
             lr = config.lr_at(epoch)
             for group in opt.param_groups:
                 group["lr"] = lr
             torch.manual_seed(_epoch_seed(seed, epoch))
             generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
-            loss, acc = _train_epoch(model, head, opt, images_t, labels_t, pp, config.loss, config.batch_size, generator)
+            loss, acc = _train_epoch(net, opt, images_t, labels_t, pp, config.loss, config.batch_size, generator)
             record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "loss": loss, "running_acc": acc}
+            bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}")
+            if not where.is_main:
+                continue
             if config.track_every and ((epoch + 1) % config.track_every == 0 or epoch + 1 == config.epochs):
                 row, layer_rows = _track(model, head, train, test, layer_idx, pp)
                 record.update(row, layers=layer_rows)
             records.append(record)
-            bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}")
             resume.save(epoch + 1, model, head, opt, records)
             _write_curves(out_dir, records)
+        if not where.is_main:
+            distributed.barrier()  # until rank 0 has written the checkpoint
+            return out_dir
         last = records[-1]  # the last epoch's record (every epoch appends one)
         if "train_acc" in last:  # tracked at the last epoch
             train_acc = last["train_acc"]
@@ -480,9 +543,12 @@ def pretrain(
             run_id=run_id,
             train_loss=last["loss"],
             train_acc=train_acc,
+            world_size=where.world_size,
+            device=dev.type,
             extra=dict(card_extra or {}),
         )
         save_checkpoint(out_dir, model, card, classifier={"weight": weight, "bias": bias})
     resume.clear()
+    distributed.barrier()
     logger.info("pretrained %s on %d classes: train accuracy %.4f, loss %.4g -> %s", backbone, k, train_acc, card.train_loss, out_dir)
     return out_dir

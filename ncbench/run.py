@@ -13,6 +13,10 @@ A unit is one (task, model, source-class count s, seed). For each unit ``run_uni
 6. writes one result file atomically (``ncbench.results``). A failing unit writes a ``failed`` result
    with its error instead; re-running skips units whose result file is ``ok``.
 
+``run_one`` is that step for one unit, as every executor (``ncbench.executor``: this process, a process
+pool, a Slurm job array) runs it. Launched as several processes (``ncbench.distributed``), they pretrain
+the unit together with DistributedDataParallel and rank 0 alone evaluates it and writes its result.
+
 Steps 2–3 run the backbone's code. For a backbone that is not registered with ncbench (a file, module or
 entry-point spec) they run in a sandbox process (``ncbench.sandbox``, with a timeout and a memory limit)
 that hands back the features as safetensors; everything else runs here, on those tensors.
@@ -35,7 +39,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ncbench import __version__
+from ncbench import __version__, distributed
 from ncbench.checkpoint import git_commit
 from ncbench.episodes import draw_source_classes, sample_episodes, source_images, split_pools
 from ncbench.results import load_result, result_path, write_result, ResultError
@@ -80,8 +84,9 @@ class Unit:
 
     @property
     def config_hash(self) -> str:
-        """Hash of everything that determines the unit's numbers (not where files go)."""
-        blob = json.dumps({"task": self.task.raw, "backbone": self.backbone, "backbone_options": self.backbone_options,
+        """Hash of everything that determines the unit's numbers (not where files go, nor where it runs)."""
+        task = {k: v for k, v in self.task.raw.items() if k != "slurm"}
+        blob = json.dumps({"task": task, "backbone": self.backbone, "backbone_options": self.backbone_options,
                            "source_classes": self.source_classes, "seed": self.seed}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -185,6 +190,9 @@ def pretrain_unit(unit: Unit, opts: RunOptions, data: UnitData | None = None) ->
     from ncbench.pretrain import pretrain
 
     if isolated(unit, opts):
+        if distributed.place().world_size > 1:
+            raise ValueError(f"backbone {unit.backbone!r} runs in a sandbox process, which cannot join distributed "
+                             "training: pass --trust-backbone to run its code in the training processes, or launch one")
         return sandbox.pretrain(unit, opts)
     data = data or unit_data(unit, opts)
     return pretrain(unit.backbone, data.dataset, data.train_idx, data.test_idx, unit.task.pretrain_config(),
@@ -284,7 +292,7 @@ def run_unit(unit: Unit, opts: RunOptions) -> dict[str, Any]:
 
     return {
         "schema": 1, "status": "ok", "error": None, "unit": unit.key(),
-        "provenance": provenance(unit, t0, card.sha256, episode_hashes),
+        "provenance": provenance(unit, t0, card.sha256, episode_hashes, card.device, card.world_size),
         "source": {k: _number(v) for k, v in source.items()},
         "target": {k: _number(v) for k, v in target.items()},
         "layers": [{k: _number(v) if k in ("ncc_error", "cdnv") else v for k, v in r.items()} for r in layers],
@@ -301,46 +309,71 @@ def head_label(spec: dict[str, Any]) -> str:
                                   if k != "name" and not (k in defaults and v == defaults[k]))
 
 
-def provenance(unit: Unit, t0: float, checkpoint_sha256: str | None, episodes: dict[str, str]) -> dict[str, Any]:
-    """Where a result came from: versions, commit, device, checkpoint, time; ``t0`` = the unit's start."""
+def provenance(unit: Unit, t0: float, checkpoint_sha256: str | None, episodes: dict[str, str],
+               device: str, world_size: int) -> dict[str, Any]:
+    """Where a result came from: versions, commit, the device and number of processes that pretrained the
+    checkpoint, time; ``t0`` = the unit's start."""
     return {"ncbench_version": __version__, "git_commit": git_commit() or "unknown",
-            "torch_version": torch.__version__, "device": "cpu", "checkpoint": unit.checkpoint_name,
-            "checkpoint_sha256": checkpoint_sha256, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "torch_version": torch.__version__, "device": device, "world_size": world_size,
+            "checkpoint": unit.checkpoint_name, "checkpoint_sha256": checkpoint_sha256,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "wall_time_s": round(time.perf_counter() - t0, 3), "episodes": episodes}
 
 
 def failed_record(unit: Unit, err: BaseException, t0: float) -> dict[str, Any]:
     return {"schema": 1, "status": "failed", "error": f"{type(err).__name__}: {err}", "unit": unit.key(),
-            "provenance": provenance(unit, t0, None, {})}
+            "provenance": provenance(unit, t0, None, {}, distributed.device().type, distributed.place().world_size)}
+
+
+def is_finished(unit: Unit, opts: RunOptions) -> bool:
+    """Whether the unit has an ``ok`` result file (and ``opts.force`` is off): then it is not run again."""
+    path = result_path(opts.results, unit.key())
+    if opts.force or not path.exists():
+        return False
+    try:
+        return load_result(path)["status"] == "ok"
+    except ResultError as e:
+        log.warning("re-running %s: %s", unit.checkpoint_name, e)
+        return False
+
+
+def run_one(unit: Unit, opts: RunOptions) -> str:
+    """Run one unit and write its result file (``failed`` with the error if it raised); return its status.
+
+    In a process group every process calls this: they pretrain the unit together, then rank 0 evaluates
+    it and writes the result while the others return ``"ok"`` (rank 0's status is the unit's)."""
+    t0, where = time.perf_counter(), distributed.place()
+    try:
+        if where.world_size > 1:
+            pretrain_unit(unit, opts)  # every process, DistributedDataParallel
+            if not where.is_main:
+                return "ok"
+        record = run_unit(unit, opts)
+    except Exception as e:  # a failed unit is a row with its status, never silently dropped
+        log.error("unit %s failed: %s\n%s", unit.checkpoint_name, e, traceback.format_exc())
+        if not where.is_main:
+            raise
+        record = failed_record(unit, e, t0)
+    write_result(opts.results, record)
+    if record["status"] == "ok":
+        best = max(record["episodes"], key=lambda r: (r["shots"], r["acc_mean"]))
+        log.info("%s: %s %d-shot acc %.3f, target CDNV %.3f, NC1 %.3g (%.0f s)", unit.checkpoint_name,
+                 best["head"], best["shots"], best["acc_mean"], record["target"]["cdnv"],
+                 record["source"].get("nc1", float("nan")), record["provenance"]["wall_time_s"])
+    return record["status"]
 
 
 def run_task(task: Task, opts: RunOptions) -> list[tuple[Unit, str]]:
-    """Run every unit of the task not already finished; return (unit, status) for each unit."""
-    units = plan_units(task, opts)
+    """Run every unit of the task not already finished, one after the other in this process; return
+    (unit, status) for each unit. ``ncbench.executor`` runs them in parallel or on a cluster instead."""
     statuses = []
-    bar = tqdm(units, desc=f"{task.name}", unit="unit", disable=None)
+    bar = tqdm(plan_units(task, opts), desc=f"{task.name}", unit="unit",
+               disable=None if distributed.place().is_main else True)
     for unit in bar:
         bar.set_postfix(s=unit.source_classes, seed=unit.seed)
-        path = result_path(opts.results, unit.key())
-        if path.exists() and not opts.force:
-            try:
-                if load_result(path)["status"] == "ok":
-                    log.info("skip %s: finished (%s)", unit.checkpoint_name, path)
-                    statuses.append((unit, "ok"))
-                    continue
-            except ResultError as e:
-                log.warning("re-running %s: %s", unit.checkpoint_name, e)
-        t0 = time.perf_counter()
-        try:
-            record = run_unit(unit, opts)
-        except Exception as e:  # a failed unit is a row with its status, never silently dropped
-            log.error("unit %s failed: %s\n%s", unit.checkpoint_name, e, traceback.format_exc())
-            record = failed_record(unit, e, t0)
-        write_result(opts.results, record)
-        statuses.append((unit, record["status"]))
-        if record["status"] == "ok":
-            best = max(record["episodes"], key=lambda r: (r["shots"], r["acc_mean"]))
-            log.info("%s: %s %d-shot acc %.3f, target CDNV %.3f, NC1 %.3g (%.0f s)", unit.checkpoint_name,
-                     best["head"], best["shots"], best["acc_mean"], record["target"]["cdnv"],
-                     record["source"].get("nc1", float("nan")), record["provenance"]["wall_time_s"])
+        if is_finished(unit, opts):
+            log.info("skip %s: finished", unit.checkpoint_name)
+            statuses.append((unit, "ok"))
+        else:
+            statuses.append((unit, run_one(unit, opts)))
     return statuses

@@ -24,7 +24,8 @@ from ncbench.backbones import is_user_spec
 from ncbench.registry import BACKBONES, DATASETS, HEADS, METRICS, Registry, UnknownNameError
 
 TASK_KEYS = {"include", "name", "version", "description", "dataset", "pools", "source_classes",
-             "images_per_class", "episodes", "backbone", "pretrain", "heads", "metrics", "layer_eps", "seeds"}
+             "images_per_class", "episodes", "backbone", "pretrain", "heads", "metrics", "layer_eps", "seeds",
+             "slurm"}
 
 
 class TaskError(ValueError):
@@ -70,6 +71,7 @@ class Task:
     metrics: list[str]
     seeds: list[int]
     layer_eps: float = 0.01
+    slurm: dict[str, Any] = field(default_factory=dict)  # Slurm resources per unit (ncbench.executor.SlurmOptions)
     description: str = ""
     path: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -284,6 +286,17 @@ def parse_task(data: dict, path: str = "<task>") -> Task:
         c.name_in(METRICS, m, f"metrics[{i}]")
     layer_eps = c.get(data, "layer_eps", float, default=0.01, minimum=0.0, maximum=1.0)
     seeds = c.int_list(data, "seeds", "seeds", minimum=0, default=[0])
+    slurm = c.mapping(data, "slurm", default={})
+    if slurm:
+        from ncbench.executor import SlurmOptions
+
+        known = SlurmOptions.fields()
+        for k in sorted(set(slurm) - set(known)):
+            c.bad(f"slurm.{k}", f"unknown field; known: {', '.join(known)}")
+        try:
+            SlurmOptions(**{k: v for k, v in slurm.items() if k in known})
+        except ValueError as e:
+            c.bad("slurm", str(e))
 
     if c.problems:
         raise TaskError(c.problems)
@@ -292,7 +305,7 @@ def parse_task(data: dict, path: str = "<task>") -> Task:
                 train_per_class=train_pc, test_per_class=test_pc,
                 episodes=EpisodeSpec(ways, shots, queries, count, ep_seed), backbone=bb_name,
                 backbone_options=bb_options, pretrain=pretrain, heads=heads, metrics=list(metrics),
-                seeds=seeds, layer_eps=layer_eps, path=path, raw=data)
+                seeds=seeds, layer_eps=layer_eps, slurm=dict(slurm), path=path, raw=data)
 
 
 def check_base(path: str | os.PathLike) -> None:

@@ -33,3 +33,38 @@ def tiny_task_file(tmp_path):
         p.write_text(yaml.safe_dump(tiny_task_dict(**over)))
         return p
     return make
+
+
+# A grid of two units (s = 4, 8), each pretraining long enough (a few seconds here) that its job can be
+# killed or preempted while it trains; shared by the executor tests.
+GRID = tiny_task_dict(pretrain={"epochs": 400, "batch_size": 16, "track_every": 200})
+
+
+def options(root):
+    from ncbench.run import RunOptions
+
+    return RunOptions(out=root / "runs", results=root / "results")
+
+
+def board(results):
+    """The leaderboard of the grid's task without the columns that say when a row was made."""
+    from ncbench.leaderboard import build
+
+    return build(results, "tiny").drop(columns=["date", "wall_time_s"])
+
+
+@pytest.fixture(scope="session")
+def grid(tmp_path_factory):
+    """The grid's task and its leaderboard from the serial in-process run (one torch thread), which every
+    executor must reproduce."""
+    from ncbench.executor import execute
+    from ncbench.tasks import load_task
+
+    root = tmp_path_factory.mktemp("grid")
+    (root / "tiny.yaml").write_text(yaml.safe_dump(GRID))
+    task = load_task(root / "tiny.yaml")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NCBENCH_THREADS", "1")
+        statuses = execute(task, options(root / "serial"), "local", workers=1)
+    assert [st for _, st in statuses] == ["ok", "ok"]
+    return task, board(root / "serial" / "results")
