@@ -29,6 +29,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ncbench import distributed
+from ncbench.pretrain import THREADS_ENV, available_cpus, default_threads
 from ncbench.run import RunOptions, Unit, is_finished, plan_units, run_one, run_task
 from ncbench.tasks import Task
 
@@ -111,8 +112,7 @@ def import_submitit():
 # ----------------------------------------------------------------------------------------------- local
 def default_workers(units: int, cpus: int | None = None) -> int:
     """Local workers for ``units`` units: one per THREADS_PER_WORKER CPUs, at least one."""
-    cpus = cpus or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    return max(1, min(units, cpus // THREADS_PER_WORKER))
+    return max(1, min(units, (cpus or available_cpus()) // THREADS_PER_WORKER))
 
 
 def _log_to_stderr(level: int) -> None:
@@ -122,22 +122,17 @@ def _log_to_stderr(level: int) -> None:
 
 
 def _init_worker(threads: int, log_level: int) -> None:
-    from ncbench.pretrain import THREADS_ENV
-
-    os.environ[THREADS_ENV] = str(threads)  # read by pretraining; the rest of the unit uses torch's setting
     import torch
 
-    torch.set_num_threads(threads)
+    os.environ.setdefault(THREADS_ENV, str(threads))  # a user's NCBENCH_THREADS wins; pretraining reads it
+    torch.set_num_threads(default_threads())          # and the rest of the unit uses the same
     _log_to_stderr(log_level)
 
 
 def _run_pool(units: list[Unit], opts: RunOptions, workers: int) -> list[str]:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    from ncbench.pretrain import THREADS_ENV
-
-    given = os.environ.get(THREADS_ENV, "")
-    threads = int(given) if given.isdigit() and int(given) > 0 else max(1, cpus // workers)
-    log.info("running %d units in %d worker processes, %d torch threads each", len(units), workers, threads)
+    threads = max(1, available_cpus() // workers)
+    log.info("running %d units in %d worker processes (%s torch threads each)", len(units), workers,
+             os.environ.get(THREADS_ENV, threads))
     statuses = [LOST] * len(units)
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                                 initializer=_init_worker,

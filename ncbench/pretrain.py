@@ -198,15 +198,19 @@ def _deterministic() -> Iterator[None]:
 THREADS_ENV = "NCBENCH_THREADS"
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_threads() -> int:
     """CPU threads for one training process when the recipe does not say (see ``PretrainConfig.num_threads``)."""
     for name in (THREADS_ENV, "SLURM_CPUS_PER_TASK"):
         value = os.environ.get(name, "")
         if value.isdigit() and int(value) > 0:
             return int(value)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     local = os.environ.get("LOCAL_WORLD_SIZE", "")
-    return max(1, cpus // (int(local) if local.isdigit() and int(local) > 0 else 1))
+    return max(1, available_cpus() // (int(local) if local.isdigit() and int(local) > 0 else 1))
 
 
 def _set_threads(num_threads: int | None) -> None:
