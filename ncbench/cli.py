@@ -148,16 +148,12 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ncbench import distributed
     from ncbench.results import write_result
-    from ncbench.run import pretrain_unit, run_unit
+    from ncbench.run import pretrain_in_group, run_unit
 
     unit, opts = _single_unit(args)
-    if distributed.place().world_size > 1:  # pretrain together, then rank 0 evaluates
-        pretrain_unit(unit, opts)
-        if not distributed.place().is_main:
-            return 0
-    print(write_result(opts.results, run_unit(unit, opts)))
+    if pretrain_in_group(unit, opts):  # under torchrun: pretrain together, then rank 0 evaluates
+        print(write_result(opts.results, run_unit(unit, opts)))
     return 0
 
 

@@ -337,6 +337,15 @@ def is_finished(unit: Unit, opts: RunOptions) -> bool:
         return False
 
 
+def pretrain_in_group(unit: Unit, opts: RunOptions) -> bool:
+    """Launched as several processes: pretrain the unit together (DistributedDataParallel) and return
+    whether this process is rank 0, the one that goes on to evaluate it. One process: nothing, True."""
+    where = distributed.place()
+    if where.world_size > 1:
+        pretrain_unit(unit, opts)
+    return where.is_main
+
+
 def run_one(unit: Unit, opts: RunOptions) -> str:
     """Run one unit and write its result file (``failed`` with the error if it raised); return its status.
 
@@ -344,10 +353,8 @@ def run_one(unit: Unit, opts: RunOptions) -> str:
     it and writes the result while the others return ``"ok"`` (rank 0's status is the unit's)."""
     t0, where = time.perf_counter(), distributed.place()
     try:
-        if where.world_size > 1:
-            pretrain_unit(unit, opts)  # every process, DistributedDataParallel
-            if not where.is_main:
-                return "ok"
+        if not pretrain_in_group(unit, opts):
+            return "ok"
         record = run_unit(unit, opts)
     except Exception as e:  # a failed unit is a row with its status, never silently dropped
         log.error("unit %s failed: %s\n%s", unit.checkpoint_name, e, traceback.format_exc())
