@@ -24,7 +24,8 @@ from ncbench.results import atomic_write_text, iter_results
 log = logging.getLogger(__name__)
 
 KEY = ["task", "model", "source_classes", "seed", "head", "shots"]
-SOURCE_METRICS = ["source_train_acc", "source_test_acc", "cdnv_train", "cdnv_test", "nc1", "nc2", "nc2_equinorm",
+SOURCE_METRICS = ["source_train_acc", "source_test_acc", "cdnv_train", "cdnv_test", "nc1", "nc1_quotient",
+                  "nc1_subset5", "nc_rank_limited", "nc2", "nc2_equinorm",
                   "nc2_equiangularity", "nc3", "nc4", "ncc_train_acc", "ncc_test_acc", "strong_test_collapse",
                   "weak_test_collapse", "effective_depth"]
 PROVENANCE = ["episodes_hash", "config_hash", "checkpoint", "checkpoint_sha256", "ncbench_version", "git_commit",
@@ -36,6 +37,7 @@ INT_COLUMNS = ["source_classes", "seed", "task_version", "shots", "ways", "queri
 STR_COLUMNS = ["task", "model", "head", "backbone", "status", "episodes_hash", "config_hash", "checkpoint",
                "checkpoint_sha256", "ncbench_version", "git_commit", "torch_version", "device", "date", "error",
                "result_file"]
+BOOL_COLUMNS = ["nc_rank_limited"]
 FLOAT_FORMAT = "%.8g"
 
 
@@ -66,7 +68,9 @@ def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         df[c] = pd.array(df[c], dtype="Int64")
     for c in STR_COLUMNS:
         df[c] = df[c].astype("string")
-    for c in set(COLUMNS) - set(INT_COLUMNS) - set(STR_COLUMNS):
+    for c in BOOL_COLUMNS:
+        df[c] = df[c].astype("boolean")
+    for c in set(COLUMNS) - set(INT_COLUMNS) - set(STR_COLUMNS) - set(BOOL_COLUMNS):
         df[c] = pd.to_numeric(df[c]).astype("float64")
     return df.sort_values(KEY, na_position="first", kind="mergesort").reset_index(drop=True)
 
@@ -130,7 +134,13 @@ def read(path: Path) -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing leaderboard columns {missing} (expected the columns of leaderboards/README.md)")
-    for c in set(COLUMNS) - set(STR_COLUMNS):
+    for c in BOOL_COLUMNS:
+        bad = df[c].notna() & ~df[c].isin(["True", "False"])
+        if bad.any():
+            raise ValueError(f"{path}: column {c!r}: expected True or False, got {df.loc[bad, c].iloc[0]!r} "
+                             f"(row {int(bad.idxmax()) + 2})")
+        df[c] = df[c].map({"True": True, "False": False})
+    for c in set(COLUMNS) - set(STR_COLUMNS) - set(BOOL_COLUMNS):
         conv = pd.to_numeric(df[c], errors="coerce")
         bad = (conv.isna() & df[c].notna()) | np.isinf(conv)
         kind = "numbers"

@@ -16,7 +16,7 @@ identical with, single-process training. Rank 0 alone tracks collapse and writes
 Files in ``out_dir``: ``run.json`` (what the run is), ``resume/`` (last epoch state, removed at the end),
 ``curve.csv`` (one row per epoch: lr, loss, running accuracy, and at tracked epochs accuracy, CDNV,
 NC1–NC4 of source train/test features, effective depth), ``layer_curve.csv`` (long form: epoch, layer,
-ncc_error, cdnv per probe layer), then ``model.safetensors`` and ``card.json`` (see ncbench.checkpoint).
+variant, ncc_error, ncc_errors, n, cdnv per probed layer; see ``ncbench.layerwise``), then ``model.safetensors`` and ``card.json`` (see ncbench.checkpoint).
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ from ncbench.checkpoint import (
 )
 from ncbench.data.base import ImageDataset
 from ncbench.features import extract, preprocessing_of, to_input
-from ncbench.metrics import collapse_report, layer_curves
+from ncbench.layerwise import layer_collapse
+from ncbench.metrics import check_eps, collapse_report
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +89,8 @@ class PretrainConfig:
     loss:            "ce" (cross-entropy) or "mse" (squared error to one-hot targets, summed over classes,
                      averaged over the batch; Hui & Belkin 2021).
     classifier:      "linear" (learned weight and bias) or "etf" (fixed simplex ETF, no bias; Zhu et al. 2021).
-    track_every:     compute collapse metrics every this many epochs (and before training); 0 = off.
-    track_per_class: train images per class used for the per-layer curves (flattened maps are large); 0 = all.
+    track_every:     compute collapse metrics every this many epochs (and before training); 0 = off. The
+                     per-layer curves use every train image (``ncbench.layerwise``, streamed).
     num_threads:     torch CPU threads; None = ``$NCBENCH_THREADS``, else Slurm's CPUs per task, else the CPUs this
                      process may use shared by the processes of its node (``LOCAL_WORLD_SIZE``).
     """
@@ -106,14 +107,13 @@ class PretrainConfig:
     loss: str = "ce"
     classifier: str = "linear"
     track_every: int = 5
-    track_per_class: int = 50
     num_threads: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"pretrain.{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("min_steps", "track_every", "track_per_class"):
+        for name in ("min_steps", "track_every"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
                 raise ValueError(f"pretrain.{name} must be an integer >= 0, got {getattr(self, name)!r}")
         for name, low, strict in (("lr", 0.0, True), ("momentum", 0.0, False), ("weight_decay", 0.0, False), ("gamma", 0.0, True)):
@@ -297,8 +297,9 @@ def _accuracy(head: nn.Linear, features: torch.Tensor, labels: np.ndarray) -> fl
         return float((head(features.to(head.weight.device)).argmax(1).cpu().numpy() == labels).mean())
 
 
-def _track(model: nn.Module, head: nn.Linear, train: _Split, test: _Split | None, layer_idx: np.ndarray, pp: dict) -> tuple[dict, list[dict]]:
-    """Collapse metrics at one epoch: (scalar row, per-layer rows)."""
+def _track(model: nn.Module, head: nn.Linear, train: _Split, test: _Split | None, pp: dict,
+           eps: float) -> tuple[dict, list[dict]]:
+    """Collapse metrics at one epoch: (scalar row, per-layer rows of ``ncbench.layerwise``)."""
     weight, bias = _classifier_tensors(head)
     feats = extract(model, train.images, pp)
     row = {"train_acc": _accuracy(head, feats, train.labels)}
@@ -309,30 +310,9 @@ def _track(model: nn.Module, head: nn.Linear, train: _Split, test: _Split | None
     row.update(
         collapse_report(feats, train.labels, test_feats, None if test is None else test.labels, weight=weight, bias=bias)
     )
-    sub_feats, taps = extract(model, train.images[layer_idx], pp, layers=True)
-    layer_rows, depths = layer_collapse(taps, sub_feats, train.labels[layer_idx])
-    row.update({"effective_depth" if v == "flat" else f"effective_depth_{v}": d for v, d in depths.items()})
-    return row, layer_rows
-
-
-def layer_collapse(taps: dict[str, torch.Tensor], penultimate: torch.Tensor, labels: np.ndarray,
-                   eps: float = 0.01) -> tuple[list[dict], dict[str, int]]:
-    """Layer-wise NCC train error and CDNV for each variant of the taps, the penultimate features last.
-
-    taps: ``{"<stage>/flat": [N, d], "<stage>/pooled": [N, c]}`` in stage order (``extract(layers=True)``);
-    penultimate: [N, m]; labels: [N]. Returns rows ``{"layer", "variant", "ncc_error", "cdnv"}`` and the
-    ε-effective depth of each variant (1-based; a variant no stage has, e.g. MLP ``pooled``, is skipped).
-    """
-    rows, depths = [], {}
-    for variant in ("flat", "pooled"):
-        names = [k.rsplit("/", 1)[0] for k in taps if k.endswith("/" + variant)]
-        if not names:
-            continue
-        curves = layer_curves([taps[f"{n}/{variant}"] for n in names] + [penultimate], labels, eps=eps)
-        depths[variant] = int(curves["effective_depth"])
-        for name, err, cd in zip(names + ["penultimate"], curves["ncc_error"], curves["cdnv"]):
-            rows.append({"layer": name, "variant": variant, "ncc_error": float(err), "cdnv": float(cd)})
-    return rows, depths
+    curves = layer_collapse(model, train.images, train.labels, pp, eps)
+    row.update({"effective_depth" if v == "flat" else f"effective_depth_{v}": d for v, d in curves.depths.items()})
+    return row, curves.rows
 
 
 def _csv_bytes(rows: list[dict], lead: list[str]) -> bytes:
@@ -350,7 +330,7 @@ def _write_curves(out_dir: Path, records: list[dict]) -> None:
     layers = [{"epoch": r["epoch"], **lr} for r in records for lr in r.get("layers", [])]
     atomic_write(out_dir / CURVE_FILE, _csv_bytes(scalars, ["epoch", "lr", "loss", "running_acc"]))
     if layers:
-        atomic_write(out_dir / LAYER_CURVE_FILE, _csv_bytes(layers, ["epoch", "layer", "variant", "ncc_error", "cdnv"]))
+        atomic_write(out_dir / LAYER_CURVE_FILE, _csv_bytes(layers, ["epoch", "layer", "variant", "ncc_error", "ncc_errors", "n", "cdnv"]))
 
 
 def _check_same_run(out_dir: Path, identity: dict) -> None:
@@ -420,6 +400,7 @@ def pretrain(
     seed: int,
     backbone_options: dict | None = None,
     card_extra: dict | None = None,
+    layer_eps: float = 0.01,
 ) -> Path:
     """Train ``backbone`` on ``dataset.images[train_idx]`` (labels remapped to 0..s-1 in sorted order of the
     original labels) and write the checkpoint, card and collapse curves into ``out_dir``; returns ``out_dir``.
@@ -427,6 +408,7 @@ def pretrain(
     ``test_idx`` (held-out images of the same source classes) is only used for tracking. A partial run in
     ``out_dir`` with the same inputs is resumed; a finished one is returned at once; a different run there
     raises CheckpointError. ``card_extra`` keys (e.g. ``name``, ``task``) are added to the card.
+    ``layer_eps`` is the ε of the ε-effective depth in the tracked curves (the task's ``layer_eps``).
     Inside a process group (``ncbench.distributed.session``) every process calls this with the same
     arguments; they train one model with DistributedDataParallel and rank 0 writes the files.
     """
@@ -434,6 +416,7 @@ def pretrain(
         raise ValueError(f"config must be a PretrainConfig, got {type(config).__name__}")
     if not _is_int(seed):
         raise ValueError(f"seed must be an integer, got {seed!r}")
+    check_eps(layer_eps)
     card_fields = {f.name for f in dataclasses.fields(Card)}
     clash = sorted(set(card_extra or {}) & card_fields)
     if clash:
@@ -465,6 +448,7 @@ def pretrain(
         "recipe": {k: v for k, v in dataclasses.asdict(config).items() if k != "num_threads"},
         "seed": int(seed),
         "preprocessing": pp,
+        "layer_eps": float(layer_eps),
     }
     identity = json.loads(json.dumps(identity))  # tuples -> lists, as read back from run.json
     run_id = _digest(identity)
@@ -482,8 +466,6 @@ def pretrain(
     _set_threads(config.num_threads)
 
     k = len(classes)
-    per_class = config.track_per_class
-    layer_idx = np.sort(np.concatenate([np.flatnonzero(train.labels == c)[: per_class or None] for c in range(k)]))
     images_t, labels_t = torch.from_numpy(train.images), torch.from_numpy(train.labels)
     resume = _Resume(out_dir)
     with _deterministic(), torch.random.fork_rng(devices=[]):
@@ -496,7 +478,7 @@ def pretrain(
         if start:
             logger.info("resuming %s from epoch %d of %d", out_dir, start, config.epochs)
         elif config.track_every and where.is_main:
-            row, layer_rows = _track(model, head, train, test, layer_idx, pp)
+            row, layer_rows = _track(model, head, train, test, pp, layer_eps)
             records.append({"epoch": 0, **row, "layers": layer_rows})
         net: nn.Module = _Net(model, head)
         if where.world_size > 1:
@@ -519,7 +501,7 @@ def pretrain(
             if not where.is_main:
                 continue
             if config.track_every and ((epoch + 1) % config.track_every == 0 or epoch + 1 == config.epochs):
-                row, layer_rows = _track(model, head, train, test, layer_idx, pp)
+                row, layer_rows = _track(model, head, train, test, pp, layer_eps)
                 record.update(row, layers=layer_rows)
             records.append(record)
             resume.save(epoch + 1, model, head, opt, records)

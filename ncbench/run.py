@@ -42,15 +42,13 @@ from tqdm.auto import tqdm
 from ncbench import __version__, distributed
 from ncbench.checkpoint import git_commit
 from ncbench.episodes import draw_source_classes, sample_episodes, source_images, split_pools
+from ncbench.layerwise import LayerCurves, layer_collapse
 from ncbench.results import load_result, result_path, write_result, ResultError
 from ncbench.sandbox import DEFAULT_MEMORY_GB, DEFAULT_TIMEOUT_S, check_limits
 from ncbench.registry import HEADS
 from ncbench.tasks import Task
 
 log = logging.getLogger(__name__)
-
-LAYER_IMAGES_PER_CLASS = 10  # layer-wise curves use the first 10 train images of each source class
-
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -198,25 +196,19 @@ def pretrain_unit(unit: Unit, opts: RunOptions, data: UnitData | None = None) ->
     return pretrain(unit.backbone, data.dataset, data.train_idx, data.test_idx, unit.task.pretrain_config(),
                     checkpoint_dir(unit, opts), seed=unit.seed, backbone_options=unit.backbone_options,
                     card_extra={"name": unit.checkpoint_name, "task": unit.task.name,
-                                "task_version": unit.task.version})
+                                "task_version": unit.task.version}, layer_eps=unit.task.layer_eps)
 
 
 @dataclass(frozen=True)
 class UnitFeatures:
-    """Everything of a unit that runs the backbone's code: its checkpoint and frozen features (float32)."""
+    """Everything of a unit that runs the backbone's code: its checkpoint, frozen features (float32) and
+    layer curves."""
 
     checkpoint: Path                  # the pretrained checkpoint folder
     train: torch.Tensor               # [s * train_per_class, m] source TRAIN images (UnitData.train_idx)
     test: torch.Tensor                # [s * test_per_class, m] source TEST images
-    layers: dict[str, torch.Tensor]   # probe-layer taps of the layer rows (``layer_rows``), in stage order
+    layers: LayerCurves               # layer curves over every source TRAIN image (ncbench.layerwise)
     target: torch.Tensor              # [n_target, m] every image of the target pool, in dataset order
-
-
-def layer_rows(task: Task, num_classes: int) -> np.ndarray:
-    """Rows of the train features used for the layer curves: the first images of each source class."""
-    n_layer = min(LAYER_IMAGES_PER_CLASS, task.train_per_class)
-    return np.concatenate([np.arange(i * task.train_per_class, i * task.train_per_class + n_layer)
-                           for i in range(num_classes)])
 
 
 def target_indices(data: UnitData) -> np.ndarray:
@@ -232,8 +224,10 @@ def unit_features(unit: Unit, opts: RunOptions, data: UnitData) -> UnitFeatures:
     ckpt_dir = pretrain_unit(unit, opts, data)
     model, card = load_checkpoint(ckpt_dir)
     cache = FeatureCache(Path(opts.out) / "features", model, card, data.dataset)
-    return UnitFeatures(ckpt_dir, cache.features(data.train_idx), cache.features(data.test_idx),
-                        cache.layer_features(data.train_idx[layer_rows(unit.task, len(data.classes))]),
+    ds = data.dataset
+    layers = layer_collapse(model, ds.images[data.train_idx], np.searchsorted(data.classes, ds.labels[data.train_idx]),
+                            card.preprocessing, unit.task.layer_eps)
+    return UnitFeatures(ckpt_dir, cache.features(data.train_idx), cache.features(data.test_idx), layers,
                         cache.features(target_indices(data)))
 
 
@@ -244,7 +238,6 @@ def run_unit(unit: Unit, opts: RunOptions) -> dict[str, Any]:
     from ncbench.checkpoint import load_classifier, read_card
     from ncbench.heads import build_head, episode_accuracy, mean_ci95
     from ncbench.metrics import cdnv, collapse_report, ncc_accuracy
-    from ncbench.pretrain import layer_collapse
 
     t0 = time.perf_counter()
     task, data = unit.task, unit_data(unit, opts)
@@ -262,9 +255,7 @@ def run_unit(unit: Unit, opts: RunOptions) -> dict[str, Any]:
         logits = f.double() @ weight.double().T + (0 if bias is None else bias.double())
         source[name] = float((logits.argmax(1).numpy() == y).mean())
 
-    rows = layer_rows(task, len(classes))
-    layers, depths = layer_collapse(feats.layers, f_train[rows], y_train[rows], eps=task.layer_eps)
-    source["effective_depth"] = depths["flat"]
+    source["effective_depth"] = feats.layers.depths["flat"]
 
     # ---- target: collapse of the frozen features on unseen classes, and few-shot episodes
     tgt_idx, tgt_pool = target_indices(data), data.target_pool
@@ -295,7 +286,7 @@ def run_unit(unit: Unit, opts: RunOptions) -> dict[str, Any]:
         "provenance": provenance(unit, t0, card.sha256, episode_hashes, card.device, card.world_size),
         "source": {k: _number(v) for k, v in source.items()},
         "target": {k: _number(v) for k, v in target.items()},
-        "layers": [{k: _number(v) if k in ("ncc_error", "cdnv") else v for k, v in r.items()} for r in layers],
+        "layers": [{k: _number(v) if k in ("ncc_error", "cdnv") else v for k, v in r.items()} for r in feats.layers.rows],
         "episodes": episodes_out,
         "source_classes": [ds.class_names[c] for c in classes],
         "training_curve": training_curve(ckpt_dir),

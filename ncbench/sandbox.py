@@ -13,7 +13,7 @@ Job folder (a fresh temporary folder under the run's ``out``, removed afterwards
 
     job.json               {"kind": "check" | "pretrain" | "features", "memory_gb", "log_level", ...}
     outcome.json           {"ok": true} or {"ok": false, "error": "Type: message", "memory": bool}
-    features.safetensors   "features" jobs: keys train / test / target / layer/<name>, metadata "layers"
+    features.safetensors   "features" jobs: keys train / test / target, metadata "layer_curves" (JSON)
 """
 
 from __future__ import annotations
@@ -146,43 +146,49 @@ def unit_features(unit: "Unit", opts: "RunOptions") -> "UnitFeatures":
 
 
 def save_features(path: Path, feats: "UnitFeatures") -> None:
-    """Write a unit's features (train [n, m], test, target, and each layer tap) as one safetensors file."""
+    """Write a unit's features (train [n, m], test, target) as one safetensors file, its layer curves as
+    JSON metadata."""
     import safetensors.torch
 
     from ncbench.checkpoint import atomic_write
 
-    tensors = {"train": feats.train, "test": feats.test, "target": feats.target,
-               **{f"layer/{k}": v for k, v in feats.layers.items()}}
+    tensors = {"train": feats.train, "test": feats.test, "target": feats.target}
+    curves = {"rows": feats.layers.rows, "eps": feats.layers.eps}
     data = safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()},
-                                  metadata={"layers": json.dumps(list(feats.layers))})
+                                  metadata={"layer_curves": json.dumps(curves)})
     atomic_write(Path(path), data)
 
 
 def load_features(path: Path, checkpoint: Path) -> "UnitFeatures":
-    """Read back :func:`save_features` output (tensors only, nothing unpickled); checks names, shapes and
-    that the values are finite float32, raising SandboxError naming the file."""
+    """Read back :func:`save_features` output (tensors and JSON only, nothing unpickled); checks names,
+    shapes, that the values are finite float32 and that the layer curves are well-formed, raising
+    SandboxError naming the file."""
     import safetensors
     import torch
 
+    from ncbench.layerwise import LayerCurves
     from ncbench.run import UnitFeatures
 
     try:
         with safetensors.safe_open(str(path), framework="pt") as f:
-            order = json.loads((f.metadata() or {}).get("layers", "null"))
+            curves = json.loads((f.metadata() or {}).get("layer_curves", "null"))
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
         raise SandboxError(f"features file {str(path)!r} from the sandbox is unreadable: {type(e).__name__}: {e}") from e
-    expected = {"train", "test", "target", *(f"layer/{k}" for k in order or [])}
-    if not isinstance(order, list) or set(tensors) != expected:
+    expected = {"train", "test", "target"}
+    if set(tensors) != expected:
         raise SandboxError(f"features file {str(path)!r}: expected tensors {sorted(expected)}, got {sorted(tensors)}")
     m = tensors["train"].shape[1] if tensors["train"].ndim == 2 else None
     for k, v in tensors.items():
-        if v.dtype != torch.float32 or v.ndim != 2 or (k in ("train", "test", "target") and v.shape[1] != m):
+        if v.dtype != torch.float32 or v.ndim != 2 or v.shape[1] != m:
             raise SandboxError(f"features file {str(path)!r}: {k}: expected float32 [N, {m}], got {v.dtype} {list(v.shape)}")
         if not torch.isfinite(v).all():
             raise SandboxError(f"features file {str(path)!r}: {k} holds NaN or inf values")
-    return UnitFeatures(Path(checkpoint), tensors["train"], tensors["test"],
-                        {k: tensors[f"layer/{k}"] for k in order}, tensors["target"])
+    try:
+        layers = LayerCurves(curves["rows"], curves["eps"])
+    except (TypeError, KeyError, ValueError) as e:
+        raise SandboxError(f"features file {str(path)!r}: layer_curves metadata is malformed: {e}") from None
+    return UnitFeatures(Path(checkpoint), tensors["train"], tensors["test"], layers, tensors["target"])
 
 
 # ------------------------------------------------------------------------------------------ child side

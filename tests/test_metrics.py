@@ -67,6 +67,17 @@ def bf_nc1(F, y):
     return np.trace(Sw @ bf_sigma_b_pinv(mu)) / len(mu)
 
 
+def bf_nc1_quotient(F, y):
+    _, index, mu, _ = bf_means(F, y)
+    within = sum(float(np.sum((f - mu[index[label]]) ** 2)) for f, label in zip(F, y)) / len(F)
+    between = sum(float(np.sum((u - mu.mean(0)) ** 2)) for u in mu) / len(mu)
+    return within / between
+
+
+def bf_nc1_subsets(F, y, subsets):
+    return np.mean([bf_nc1(F[np.isin(y, s)], y[np.isin(y, s)]) for s in subsets])
+
+
 def bf_unit_centred(mu):
     c = mu - mu.mean(0)
     return np.array([row / np.linalg.norm(row) for row in c])
@@ -171,6 +182,9 @@ def test_functional_matches_brute_force(case):
     assert close(M.cdnv(F, y), bf_cdnv(F, y))
     np.testing.assert_allclose(M.cdnv_matrix(F, y).numpy(), bf_cdnv_matrix(F, y), rtol=RTOL)
     assert close(M.nc1(F, y), bf_nc1(F, y))
+    assert close(M.nc1_quotient(F, y), bf_nc1_quotient(F, y))
+    assert close(M.nc1_subsets(F, y), bf_nc1_subsets(F, y, M.class_subsets(np.unique(y))))
+    assert close(M.nc1_subsets(F, y, size=2, count=7, seed=3), bf_nc1_subsets(F, y, M.class_subsets(np.unique(y), 2, 7, 3)))
     assert close(M.nc2(F, y), bf_nc2(F, y))
     assert close(M.nc2_equinorm(F, y), bf_equinorm(F, y))
     assert close(M.nc2_equiangularity(F, y), bf_equiangularity(F, y))
@@ -187,17 +201,19 @@ def test_collapse_report_matches_brute_force(case):
     got = M.collapse_report(torch.from_numpy(F), torch.from_numpy(y), T, t, weight=W, bias=b)
     want = {
         "cdnv_train": bf_cdnv(F, y), "nc1": bf_nc1(F, y), "nc2": bf_nc2(F, y),
+        "nc1_quotient": bf_nc1_quotient(F, y), "nc1_subset5": bf_nc1_subsets(F, y, M.class_subsets(np.unique(y))),
         "nc2_equinorm": bf_equinorm(F, y), "nc2_equiangularity": bf_equiangularity(F, y),
         "ncc_train_acc": bf_ncc_accuracy(F, y, F, y), "nc3": bf_nc3(F, y, W), "nc4": bf_nc4(F, y, W, b),
         "cdnv_test": bf_cdnv(T, t), "ncc_test_acc": bf_ncc_accuracy(F, y, T, t),
         "strong_test_collapse": bf_strong(F, y, T, t), "weak_test_collapse": bf_weak(F, y, T),
     }
+    assert got.pop("nc_rank_limited") is (len(W) - 1 > W.shape[1])  # K − 1 > m: NC2 / NC3 cannot reach 0
     assert set(got) == set(want)
     assert all(type(v) is float for v in got.values())
     for key in want:
         assert close(got[key], want[key]), key
-    assert set(M.collapse_report(F, y)) == {"cdnv_train", "nc1", "nc2", "nc2_equinorm", "nc2_equiangularity",
-                                            "ncc_train_acc"}
+    assert set(M.collapse_report(F, y)) == {"cdnv_train", "nc1", "nc1_quotient", "nc1_subset5", "nc_rank_limited",
+                                            "nc2", "nc2_equinorm", "nc2_equiangularity", "ncc_train_acc"}
 
 
 def test_row_chunks_give_the_same_numbers(monkeypatch):
@@ -329,8 +345,8 @@ def test_streaming_matches_functional(case):
     test_stats.update(T, t)
     streamed = M.report(stats, train_pass, test_stats, test_pass)
     functional = M.collapse_report(F, y, T, t, W, b)
-    assert set(streamed) == set(functional)
-    for key in functional:
+    assert set(streamed) == set(functional) - {"nc1_subset5"}  # subsets need the features themselves
+    for key in streamed:
         assert close(streamed[key], functional[key]), key
 
 
@@ -362,26 +378,105 @@ def test_streaming_reset_and_fixed_classes():
 
 
 # -------------------------------------------------------------------------------- layers, depth
+def bf_ncc_errors(F, y):
+    classes, _, mu, _ = bf_means(F, y)
+    return sum(classes[bf_nearest(f, mu)] != label for f, label in zip(F, y))
+
+
 def test_layer_curves_and_effective_depth():
     rng = np.random.default_rng(11)
     y = np.repeat([0, 1, 2], 20)
     layers = [rng.standard_normal((60, 30)) + s * np.eye(3)[y].repeat(10, axis=1) for s in (0.0, 1.0, 50.0)]
     curves = M.layer_curves(layers, y, eps=0.01)
-    want_err = [1.0 - bf_ncc_accuracy(L, y, L, y) for L in layers]
-    assert curves["ncc_error"] == pytest.approx(want_err, abs=0)
+    want = [bf_ncc_errors(L, y) for L in layers]
+    assert curves["ncc_errors"] == want and curves["n"] == 60
+    assert curves["ncc_error"] == [k / 60 for k in want]
     assert curves["cdnv"] == pytest.approx([bf_cdnv(L, y) for L in layers], rel=RTOL)
-    assert want_err[2] == 0.0 and want_err[0] > 0.01
-    first = next(i + 1 for i, e in enumerate(want_err) if e <= 0.01)
+    assert want[2] == 0 and want[0] > 0.01 * 60
+    first = next(i + 1 for i, k in enumerate(want) if k <= 0.01 * 60)
     assert curves["effective_depth"] == M.effective_depth(layers, y) == first
     assert M.effective_depth(layers[:1], y) == 1  # no layer reaches ε: L
     assert M.effective_depth(layers, y, eps=1.0) == 1
+
+
+def layer_with_errors(errors, n):
+    """1-D features of n images whose nearest-class-mean rule makes exactly ``errors`` errors: class 1 is one
+    image at +10 (its mean); class 0 has n − 1 images, ``errors`` of them at +10 (nearest class 1's mean) and
+    the rest at −10, which stay nearer class 0's mean while errors < (n − 1) / 2."""
+    assert errors < (n - 1) / 2
+    f = np.r_[np.full(n - 1 - errors, -10.0), np.full(errors + 1, 10.0)]
+    return f[:, None], np.r_[np.zeros(n - 1, int), 1]
+
+
+@pytest.mark.parametrize("errors, n, eps", [(2, 200, 0.01), (3, 10, 0.3), (7, 100, 0.07), (1, 20, 0.05),
+                                            (0, 50, 0.0), (6, 200, 0.03)])
+def test_effective_depth_exact_boundary(errors, n, eps):
+    """k errors of n reach ε = k/n (floating point says 1 − (n − k)/n > ε for several of these), k + 1 do not."""
+    F_at, y = layer_with_errors(errors, n)
+    F_over, _ = layer_with_errors(errors + 1, n)
+    assert bf_ncc_errors(F_at, y) == errors and bf_ncc_errors(F_over, y) == errors + 1
+    perfect = np.where(y == 0, -10.0, 10.0)[:, None] + np.arange(n)[:, None] * 1e-3
+    assert M.effective_depth([F_at, perfect], y, eps=eps) == 1
+    assert M.effective_depth([F_over, perfect], y, eps=eps) == 2
+    assert M.effective_depth([F_over, F_over], y, eps=eps) == 2  # never reached: L
+    assert M.reaches_eps(errors, n, eps) and not M.reaches_eps(errors + 1, n, eps)
+    assert M.layer_curves([F_at], y, eps)["ncc_errors"] == [errors]
+
+
+def test_reaches_eps_reads_eps_as_written():
+    assert 1.0 - 198 / 200 > 0.01  # the float comparison this replaces gets the boundary wrong
+    assert M.reaches_eps(2, 200, 0.01) and not M.reaches_eps(3, 200, 0.01)
+    assert M.reaches_eps(0, 1, 0.0) and not M.reaches_eps(1, 10**6, 0.0)
+    assert M.reaches_eps(10, 10, 1.0) and M.reaches_eps(10, 10, 1)
+    for bad in (-0.1, 1.5, float("nan"), "0.1", True):
+        with pytest.raises(ValueError, match=r"eps must be an error rate in \[0, 1\]"):
+            M.reaches_eps(0, 10, bad)
+
+
+# ------------------------------------------------------------------------------------------ NC1 variants
+def test_class_subsets_are_seeded_distinct_and_complete_for_small_k():
+    classes = np.arange(100, 120)
+    subsets = M.class_subsets(classes, 5, 50, seed=0)
+    assert len(subsets) == 50 and all(len(set(s)) == 5 and set(s) <= set(classes) for s in subsets)
+    assert all((np.diff(s) > 0).all() for s in subsets)
+    again = M.class_subsets(classes[::-1], 5, 50, seed=0)  # order of the given classes does not matter
+    assert all(np.array_equal(a, b) for a, b in zip(subsets, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(subsets, M.class_subsets(classes, 5, 50, seed=1)))
+    assert len({tuple(s) for s in subsets}) > 40  # C(20, 5) = 15504: the draws differ
+    assert all(np.array_equal(s, [3, 4, 7]) for s in M.class_subsets([7, 3, 4], 5, 4))
+    with pytest.raises(ValueError, match="size >= 2"):
+        M.class_subsets(classes, 1, 5)
+
+
+def test_nc1_subsets_with_k_equal_size_is_nc1():
+    F, y = make_data(5, 8, [12] * 5, seed=21)
+    assert close(M.nc1_subsets(F, y), M.nc1(F, y))
+
+
+def test_nc1_variants_are_comparable_across_k_where_nc1_is_not():
+    """Random class means in R^m with one spread and isotropic noise: the geometry per class is the same
+    for every K, CDNV stays flat, yet eq. 4 NC1 grows steeply as K − 1 approaches m; the quotient and the
+    5-class subset average stay flat (DESIGN.md §1, NC1 across class counts)."""
+    m, n = 24, 30
+    got = {}
+    for K in (5, 12, 24):
+        rng = np.random.default_rng(K)
+        mu = 3.0 * rng.standard_normal((K, m))
+        y = np.repeat(np.arange(K), n)
+        F = mu[y] + rng.standard_normal((K * n, m))
+        got[K] = (M.cdnv(F, y), M.nc1(F, y), M.nc1_quotient(F, y), M.nc1_subsets(F, y))
+    cdnv, nc1, quotient, subsets = (np.array([got[K][i] for K in got]) for i in range(4))
+    assert cdnv.max() / cdnv.min() < 1.3
+    assert nc1[-1] / nc1[0] > 100  # K − 1 = 23 ≈ m: Σ_B's smallest kept eigenvalue is tiny
+    assert quotient.max() / quotient.min() < 1.6  # tr Σ_B of random means carries a factor (K − 1)/K
+    assert subsets.max() / subsets.min() < 1.3
 
 
 # ------------------------------------------------------------------------------------- registry
 def test_registry_records():
     expected = {"cdnv": False, "nc1": False, "nc2": False, "nc2_equinorm": False, "nc2_equiangularity": False,
                 "nc3": False, "nc4": False, "ncc_accuracy": True, "strong_test_collapse": False,
-                "weak_test_collapse": False, "effective_depth": None}
+                "weak_test_collapse": False, "effective_depth": None, "nc1_quotient": False, "nc1_subsets": False}
     assert set(METRICS.names()) == set(expected)
     for name, direction in expected.items():
         info = METRICS.get(name)

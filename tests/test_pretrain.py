@@ -234,9 +234,25 @@ def test_tracking_writes_curves_at_tracked_epochs(data, tmp_path):
         assert math.isfinite(float(rows[-1][key]))
     assert float(rows[-1]["train_acc"]) == pytest.approx(load_checkpoint(out)[1].train_acc)
     layers = list(csv.DictReader((out / "layer_curve.csv").open()))
-    assert [(r["layer"], r["variant"]) for r in layers if r["epoch"] == "3"] == [
-        ("block1", "flat"), ("block2", "flat"), ("penultimate", "flat"),
+    assert [(r["layer"], r["variant"]) for r in layers if r["epoch"] == "3"] == [  # block2/flat IS penultimate
+        ("block1", "flat"), ("penultimate", "flat"),
         ("block1", "pooled"), ("block2", "pooled"), ("penultimate", "pooled")]
+    assert {int(r["n"]) for r in layers} == {len(tr)}  # every train image, not a sample
+    assert all(int(r["ncc_errors"]) == round(float(r["ncc_error"]) * len(tr)) for r in layers)
+
+
+def test_tracking_honours_layer_eps(data, tmp_path):
+    ds, tr, te = data
+    config = PretrainConfig(**{**FAST, "epochs": 1, "track_every": 1})
+    loose = pretrain("tiny-conv", ds, tr, te, config, tmp_path / "loose", seed=0, layer_eps=1.0)
+    strict = pretrain("tiny-conv", ds, tr, te, config, tmp_path / "strict", seed=0, layer_eps=0.0)
+    rows = {name: list(csv.DictReader((out / "curve.csv").open()))[-1] for name, out in (("loose", loose), ("strict", strict))}
+    layers = [r for r in csv.DictReader((strict / "layer_curve.csv").open()) if r["epoch"] == "1" and r["variant"] == "flat"]
+    assert rows["loose"]["effective_depth"] == "1"  # every error rate is <= 1
+    want = next((i + 1 for i, r in enumerate(layers) if r["ncc_errors"] == "0"), len(layers))
+    assert rows["strict"]["effective_depth"] == str(want)
+    with pytest.raises(ValueError, match="eps must be an error rate"):
+        pretrain("tiny-conv", ds, tr, te, config, tmp_path / "bad", seed=0, layer_eps=1.5)
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """The pipeline end to end on a tiny task: results, leaderboard, skipping, failures, cache, pairing, submit."""
 
+import csv
 import json
 import textwrap
 
@@ -35,8 +36,17 @@ def test_run_writes_results_and_leaderboard(tiny_task_file, opts, tmp_path):
         assert ep["acc_ci95"] == pytest.approx(1.96 * acc.std(ddof=1) / np.sqrt(20))
     src = rec["source"]
     assert 0 <= src["source_train_acc"] <= 1 and src["cdnv_train"] > 0 and src["nc1"] > 0
-    assert 1 <= src["effective_depth"] <= 3  # 2 stages + penultimate
+    assert 1 <= src["effective_depth"] <= 2  # tiny-conv flat: block1, penultimate (= block2 flattened)
     assert {(l["variant"], l["layer"]) for l in rec["layers"]} >= {("flat", "penultimate"), ("pooled", "penultimate")}
+    # one definition: the leaderboard's layer curves are the training curve's last tracked ones
+    n_train = 4 * task.train_per_class
+    assert all(l["n"] == n_train for l in rec["layers"])  # every source train image
+    assert src["effective_depth"] == rec["training_curve"][-1]["effective_depth"]
+    last = [r for r in csv.DictReader(open(next((opts.out / "checkpoints").glob("*s4-*")) / "layer_curve.csv"))
+            if r["epoch"] == "2"]
+    assert [(r["layer"], r["variant"], int(r["ncc_errors"])) for r in last] == \
+        [(l["layer"], l["variant"], l["ncc_errors"]) for l in rec["layers"]]
+    assert src["nc1_subset5"] > 0 and src["nc1_quotient"] > 0 and src["nc_rank_limited"] is False
 
     paths = leaderboard.rebuild(opts.results, tmp_path / "lb")
     df = leaderboard.read(paths[0])

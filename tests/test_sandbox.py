@@ -16,6 +16,7 @@ import torch
 from ncbench import leaderboard
 from ncbench.checkpoint import CheckpointError, load_checkpoint, read_weights
 from ncbench.cli import main
+from ncbench.layerwise import LayerCurves
 from ncbench.results import iter_results
 from ncbench.run import RunOptions, UnitFeatures, run_task
 from ncbench.sandbox import SandboxError, load_features, save_features
@@ -203,21 +204,26 @@ def test_pickles_are_never_unpickled(tmp_path):
 
 def test_features_file_round_trip_and_validation(tmp_path):
     g = torch.Generator().manual_seed(0)
+    rows = [{"layer": "b", "variant": "flat", "ncc_error": 0.25, "ncc_errors": 1, "n": 4, "cdnv": 0.5},
+            {"layer": "penultimate", "variant": "flat", "ncc_error": 0.0, "ncc_errors": 0, "n": 4, "cdnv": None}]
     feats = UnitFeatures(tmp_path, torch.randn(6, 3, generator=g), torch.randn(2, 3, generator=g),
-                         {"b/flat": torch.randn(4, 5, generator=g), "a/flat": torch.randn(4, 2, generator=g)},
-                         torch.randn(9, 3, generator=g))
+                         LayerCurves(rows, 0.01), torch.randn(9, 3, generator=g))
     save_features(tmp_path / "f.safetensors", feats)
     back = load_features(tmp_path / "f.safetensors", tmp_path)
-    assert list(back.layers) == ["b/flat", "a/flat"]  # stage order kept
+    assert back.layers == feats.layers and back.layers.depths == {"flat": 2}
     for k in ("train", "test", "target"):
         assert torch.equal(getattr(back, k), getattr(feats, k))
-    assert all(torch.equal(back.layers[k], feats.layers[k]) for k in feats.layers)
 
     feats.target[0, 0] = float("nan")
     save_features(tmp_path / "nan.safetensors", feats)
     with pytest.raises(SandboxError, match="target holds NaN or inf"):
         load_features(tmp_path / "nan.safetensors", tmp_path)
-    bad = UnitFeatures(tmp_path, feats.train, torch.randn(2, 4), {}, feats.train.clone())
+    bad = UnitFeatures(tmp_path, feats.train, torch.randn(2, 4), feats.layers, feats.train.clone())
     save_features(tmp_path / "shape.safetensors", bad)
     with pytest.raises(SandboxError, match=r"test: expected float32 \[N, 3\], got torch.float32 \[2, 4\]"):
         load_features(tmp_path / "shape.safetensors", tmp_path)
+    forged = UnitFeatures(tmp_path, feats.train, feats.test, LayerCurves(rows, 0.01), feats.train.clone())
+    object.__setattr__(forged.layers, "rows", [{**rows[0], "ncc_errors": 7}])  # more errors than images
+    save_features(tmp_path / "forged.safetensors", forged)
+    with pytest.raises(SandboxError, match="layer_curves metadata is malformed"):
+        load_features(tmp_path / "forged.safetensors", tmp_path)

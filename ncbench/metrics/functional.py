@@ -12,6 +12,7 @@ the final means (NC1 / test-collapse projections, nearest-mean decisions, NC4).
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Sequence
 
 import numpy as np
@@ -77,6 +78,49 @@ def nc1(features, labels) -> float:
     """
     stats = _class_statistics(features, labels)
     return _referenced(stats, features, labels, collapse=True, nearest=False).compute()["strong_test_collapse"]
+
+
+@metric("nc1_quotient", higher_is_better=False)
+def nc1_quotient(features, labels) -> float:
+    """NC1 quotient tr(Σ_W) / tr(Σ_B) (Tirer et al. 2023): within- over between-class variation, no inverse.
+
+    features: [N, m] float; labels: [N] int. Unlike ``nc1`` it does not grow with K at fixed m when the
+    class geometry is unchanged, so it is comparable across numbers of classes.
+    """
+    return _class_statistics(features, labels).nc1_quotient()
+
+
+SUBSET_SIZE, SUBSET_COUNT = 5, 50  # the leaderboard's ``nc1_subset5``: NC1 of 5 classes, averaged over 50 draws
+
+
+def class_subsets(classes, size: int = SUBSET_SIZE, count: int = SUBSET_COUNT, seed: int = 0) -> list[np.ndarray]:
+    """``count`` seeded random subsets of ``size`` of the given ``classes: [K]`` (sorted label values),
+    each drawn uniformly without replacement, independently of the others (NumPy ``default_rng([seed, K,
+    size])``). With K ≤ size every subset is all K classes."""
+    classes = np.unique(np.asarray(classes))
+    if not (isinstance(size, int) and size >= 2 and isinstance(count, int) and count >= 1):
+        raise ValueError(f"subsets need size >= 2 and count >= 1 (integers), got size={size!r}, count={count!r}")
+    if len(classes) <= size:
+        return [classes] * count
+    rng = np.random.default_rng([seed, len(classes), size])
+    return [np.sort(rng.choice(classes, size, replace=False)) for _ in range(count)]
+
+
+@metric("nc1_subsets", higher_is_better=False)
+def nc1_subsets(features, labels, size: int = SUBSET_SIZE, count: int = SUBSET_COUNT, seed: int = 0) -> float:
+    """NC1 averaged over seeded random subsets of ``size`` classes (default 5 classes, 50 subsets).
+
+    features: [N, m] float; labels: [N] int. Each subset's NC1 (eq. 4) uses only that subset's samples,
+    so the number of classes behind every term is ``size`` whatever K is: comparable across K. The
+    subsets are :func:`class_subsets` of the sorted labels.
+    """
+    f = as_features(features)
+    y = as_labels(labels, f.shape[0], compute_device(f))
+    classes, _ = encode_labels(y)
+    y = y.cpu().numpy()
+    values = [nc1(f[torch.from_numpy(np.isin(y, subset))], y[np.isin(y, subset)])
+              for subset in class_subsets(classes.cpu().numpy(), size, count, seed)]
+    return float(np.mean(values))
 
 
 @metric("nc2", higher_is_better=False)
@@ -171,14 +215,24 @@ def _layer_passes(layer_features: Sequence, labels) -> list[tuple[ClassStatistic
     return out
 
 
-def _depth(errors: list[float], eps: float) -> int:
-    """1-based index of the first error ≤ eps, else the number of layers."""
-    return next((i + 1 for i, e in enumerate(errors) if e <= eps), len(errors))
+def check_eps(eps: float) -> Fraction:
+    """``eps`` as the exact fraction it is written as (0.01 -> 1/100, not the binary float just above it)."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) or not 0.0 <= eps <= 1.0:
+        raise ValueError(f"eps must be an error rate in [0, 1], got {eps!r}")
+    return Fraction(repr(float(eps)))
 
 
-def _check_eps(eps: float) -> None:
-    if not 0.0 <= eps <= 1.0:
-        raise ValueError(f"eps must be an error rate in [0, 1], got {eps}")
+def reaches_eps(errors: int, n: int, eps: float) -> bool:
+    """Whether ``errors`` of ``n`` is an error rate ≤ ``eps``, decided on exact integers: errors ≤ ⌊ε·n⌋
+    with ε read as the decimal it is written as (2 errors of 200 reach ε = 0.01; 3 do not)."""
+    e = check_eps(eps)
+    return errors * e.denominator <= e.numerator * n
+
+
+def depth_of(errors: Sequence[int], n: int, eps: float) -> int:
+    """1-based index of the first layer whose ``errors`` (NCC train errors of ``n`` samples) reach ``eps``
+    (:func:`reaches_eps`), else the number of layers L."""
+    return next((i + 1 for i, k in enumerate(errors) if reaches_eps(int(k), n, eps)), len(errors))
 
 
 @metric("effective_depth", higher_is_better=None)
@@ -186,24 +240,28 @@ def effective_depth(layer_features: Sequence, labels, eps: float = 0.01) -> int:
     """ε-effective depth: the first layer (1-based) whose NCC train error, with its own class means, is ≤ eps.
 
     layer_features: list of L arrays [N, m_l] (layer 1 first); labels: [N] int. Returns L if none is.
+    "error ≤ eps" is decided on exact counts (:func:`reaches_eps`).
     """
-    _check_eps(eps)
-    return _depth([1.0 - passed["ncc_accuracy"] for _, passed in _layer_passes(layer_features, labels)], eps)
+    return layer_curves(layer_features, labels, eps)["effective_depth"]
 
 
 def layer_curves(layer_features: Sequence, labels, eps: float = 0.01) -> dict:
     """Per-layer collapse curves: ``ncc_error`` (list[float], NCC train error with the layer's own means),
-    ``cdnv`` (list[float]) and ``effective_depth`` (int, 1-based, as :func:`effective_depth`).
+    ``ncc_errors`` (list[int], the same as counts of ``n`` samples), ``cdnv`` (list[float]) and
+    ``effective_depth`` (int, 1-based, as :func:`effective_depth`).
 
     layer_features: list of L arrays [N, m_l] (layer 1 first); labels: [N] int.
     """
-    _check_eps(eps)
+    check_eps(eps)
     passes = _layer_passes(layer_features, labels)
-    errors = [1.0 - passed["ncc_accuracy"] for _, passed in passes]
+    counts = [int(passed["ncc_errors"]) for _, passed in passes]
+    n = int(passes[0][1]["n"])
     return {
-        "ncc_error": errors,
+        "ncc_error": [k / n for k in counts],
+        "ncc_errors": counts,
+        "n": n,
         "cdnv": [mean_over_pairs(stats.cdnv_matrix()) for stats, _ in passes],
-        "effective_depth": _depth(errors, eps),
+        "effective_depth": depth_of(counts, n, eps),
     }
 
 
@@ -213,7 +271,9 @@ def collapse_report(train_features, train_labels, test_features=None, test_label
 
     train_features: [N, m]; train_labels: [N]; test_features: [T, m] and test_labels: [T] (together, or
     neither); weight: [K, m] and bias: [K] optional classifier. Keys: ``cdnv_train``, ``nc1``, ``nc2``,
-    ``nc2_equinorm``, ``nc2_equiangularity``, ``ncc_train_acc``; with weight ``nc3``, ``nc4``; with test data
+    ``nc1_quotient``, ``nc1_subset5`` (:func:`nc1_subsets`), ``nc_rank_limited`` (bool: K − 1 > m, NC2 / NC3
+    cannot reach 0), ``nc2``, ``nc2_equinorm``, ``nc2_equiangularity``, ``ncc_train_acc``; with weight ``nc3``,
+    ``nc4``; with test data
     ``cdnv_test`` (test features around their own means), ``ncc_test_acc``, ``strong_test_collapse``,
     ``weak_test_collapse``. Values are Python floats.
     """
@@ -227,5 +287,7 @@ def collapse_report(train_features, train_labels, test_features=None, test_label
         test_names = ("test_features", "test_labels")
         test = _class_statistics(test_features, test_labels, test_names)
         test_pass = _referenced(train, test_features, test_labels, test_names)
-    return report(train, train_pass, test, test_pass)
+    out = report(train, train_pass, test, test_pass)
+    out["nc1_subset5"] = nc1_subsets(train_features, train_labels)
+    return out
 

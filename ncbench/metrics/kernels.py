@@ -213,6 +213,23 @@ def nc1_value(within_along: torch.Tensor, values: torch.Tensor, num_classes: int
     return float((within_along / values).sum()) / num_classes
 
 
+def nc1_quotient_value(within_sq: torch.Tensor, counts: torch.Tensor, means: torch.Tensor) -> float:
+    """tr(Σ_W) / tr(Σ_B) (Tirer et al. 2023) from per-class summed squared deviations ``within_sq: [K]``,
+    ``counts: [K]`` and ``means: [K, m]``: tr(Σ_W) = Σ_k within_sq_k / N, tr(Σ_B) = (1/K) Σ_k ‖μ_k − μ_G‖².
+    All class means equal gives inf."""
+    between = float(centred(means).square().sum()) / means.shape[0]
+    if between == 0.0:
+        logger.warning("all class means coincide (tr Σ_B = 0): the NC1 quotient is infinite")
+        return float("inf")
+    return float(within_sq.sum() / counts.sum()) / between
+
+
+def rank_limited(num_classes: int, dim: int) -> bool:
+    """Whether K − 1 > m: then the K centred class means cannot form a simplex ETF in R^m and NC2 / NC3
+    are bounded away from 0 whatever the training does."""
+    return num_classes - 1 > dim
+
+
 # ------------------------------------------------------------------------------------ NC2 and NC3
 def unit_rows(x: torch.Tensor) -> torch.Tensor:
     """``x: [K, m]`` -> rows divided by their norms (a zero row gives NaN)."""

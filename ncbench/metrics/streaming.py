@@ -35,10 +35,12 @@ from ncbench.metrics.kernels import (
     compute_device,
     deviations,
     mean_over_pairs,
+    nc1_quotient_value,
     nc1_value,
     nc2_values,
     nc3_value,
     nearest_mean,
+    rank_limited,
     row_chunks,
 )
 
@@ -170,11 +172,15 @@ class ClassStatistics:
             raise ValueError("within_covariance needs ClassStatistics(within_scatter=True)")
         return self._scatter / self.counts.sum()
 
+    def nc1_quotient(self) -> float:
+        """tr(Σ_W) / tr(Σ_B) (Tirer et al. 2023): needs no ``[m, m]`` scatter."""
+        return nc1_quotient_value(self._sq, self.counts, self.means)
+
     def compute(self, weight=None) -> dict[str, float]:
-        """``cdnv``, ``nc1`` (if ``within_scatter``), ``nc2``, ``nc2_equinorm``, ``nc2_equiangularity``,
-        and ``nc3`` when ``weight: [K, m]`` (rows in sorted class order) is given."""
+        """``cdnv``, ``nc1`` (if ``within_scatter``), ``nc1_quotient``, ``nc2``, ``nc2_equinorm``,
+        ``nc2_equiangularity``, and ``nc3`` when ``weight: [K, m]`` (rows in sorted class order) is given."""
         means = self.means
-        out = {"cdnv": mean_over_pairs(self.cdnv_matrix())}
+        out = {"cdnv": mean_over_pairs(self.cdnv_matrix()), "nc1_quotient": self.nc1_quotient()}
         if self._scatter is not None:
             vals, vecs = between_eigen(means)
             out["nc1"] = nc1_value(((self.within_covariance() @ vecs) * vecs).sum(0), vals, means.shape[0])
@@ -204,8 +210,8 @@ class ReferencedStatistics:
     collapse: project deviations on the top-r eigenvectors of the reference Σ_B (strong / weak test
     collapse); nearest: nearest-mean decisions (NCC accuracy, weak collapse, NC4).
 
-    ``update(features, labels=None)``; ``compute()`` returns whichever of ``ncc_accuracy`` (labels,
-    nearest), ``strong_test_collapse`` (labels, collapse), ``weak_test_collapse`` (nearest, collapse),
+    ``update(features, labels=None)``; ``compute()`` returns whichever of ``ncc_accuracy`` with the exact
+    counts ``ncc_errors`` and ``n`` (labels, nearest), ``strong_test_collapse`` (labels, collapse), ``weak_test_collapse`` (nearest, collapse),
     ``nc4`` (weight) apply.
     """
 
@@ -274,6 +280,8 @@ class ReferencedStatistics:
         out: dict[str, float] = {}
         if self._labelled and self.nearest:
             out["ncc_accuracy"] = self._correct / self._n
+            out["ncc_errors"] = self._n - self._correct  # an exact count, for decisions such as error ≤ ε
+            out["n"] = self._n
         if self._labelled and self._vecs is not None:
             out["strong_test_collapse"] = nc1_value(self._along_true / self._n, self._vals, k)
         if self.nearest and self._vecs is not None:
@@ -285,7 +293,8 @@ class ReferencedStatistics:
 
 def report(train: ClassStatistics, train_pass: ReferencedStatistics, test: ClassStatistics | None = None,
            test_pass: ReferencedStatistics | None = None) -> dict[str, float]:
-    """The :func:`ncbench.metrics.collapse_report` dict from streamed passes.
+    """The :func:`ncbench.metrics.collapse_report` dict from streamed passes, less ``nc1_subset5`` (NC1 of
+    class subsets needs each subset's own Σ_W, i.e. the features themselves).
 
     train: pass 1 over the train batches (``within_scatter`` not needed); train_pass: ``train.referenced(
     weight, bias)`` updated with the train batches and labels; test: pass 1 over the test batches (its
@@ -296,6 +305,8 @@ def report(train: ClassStatistics, train_pass: ReferencedStatistics, test: Class
     out = {"cdnv_train": mean_over_pairs(train.cdnv_matrix())}
     passed = train_pass.compute()
     out["nc1"] = passed["strong_test_collapse"]
+    out["nc1_quotient"] = train.nc1_quotient()
+    out["nc_rank_limited"] = rank_limited(*means.shape)
     out.update(nc2_values(means))
     out["ncc_train_acc"] = passed["ncc_accuracy"]
     if train_pass.weight is not None:
@@ -309,4 +320,4 @@ def report(train: ClassStatistics, train_pass: ReferencedStatistics, test: Class
         out["ncc_test_acc"] = tested["ncc_accuracy"]
         out["strong_test_collapse"] = tested["strong_test_collapse"]
         out["weak_test_collapse"] = tested["weak_test_collapse"]
-    return {key: float(value) for key, value in out.items()}
+    return {key: value if isinstance(value, bool) else float(value) for key, value in out.items()}
