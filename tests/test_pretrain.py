@@ -163,7 +163,9 @@ def test_labels_are_remapped_in_sorted_order_and_card_records_the_run(tmp_path):
     model, card = load_checkpoint(out)
     assert card.source_classes == ["class1", "class3", "class4"]
     assert card.extra == {"name": "tiny-mlp.synthetic-s3-seed1", "task": "unit"}
-    assert card.preprocessing == {"image_size": [12, 12], "channels": 1, "mean": [0.5], "std": [0.25]}
+    assert card.preprocessing == {
+        "image_size": [12, 12], "channels": 1, "mean": [0.5], "std": [0.25],
+        "transform": {"mode": "L", "invert": False, "transpose": False, "resize": [12, 12], "resample": "bilinear"}}
     assert (card.backbone, card.seed, card.epochs, card.num_train, card.recipe["lr"]) == ("tiny-mlp", 1, 4, len(idx), 0.1)
     assert card.torch_version == torch.__version__ and len(card.sha256) == 64
     weight, bias = load_classifier(out)

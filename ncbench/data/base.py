@@ -8,8 +8,11 @@ A loader is a function registered with ``@register_dataset(name)`` that takes ke
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+from ncbench.data.transforms import MODES, check_transform, plain_transform
 
 TRAIN, TEST = 0, 1  # values of ImageDataset.split
 
@@ -30,6 +33,10 @@ class ImageDataset:
     class_splits: standard split of the *classes* where the dataset has one, e.g.
                   ``{"train": [...], "val": [...], "test": [...]}`` of class indices; empty otherwise.
     mean, std:    per-channel normalisation constants (C floats) used by evaluation preprocessing.
+    transform:    the record of how one raw image became one row of ``images``
+                  (:mod:`ncbench.data.transforms`: mode, invert, transpose, resize [H, W], resample);
+                  checkpoint cards store it so that ``embed_images`` replays it on a user's raw images.
+                  None means "convert to L / RGB and resize" (filled in for C = 1 or 3).
     """
 
     name: str
@@ -40,6 +47,7 @@ class ImageDataset:
     class_splits: dict[str, list[int]] = field(default_factory=dict)
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
+    transform: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.labels)
@@ -53,6 +61,17 @@ class ImageDataset:
             raise DatasetError(f"{self.name}: labels must lie in 0..{len(self.class_names) - 1}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise DatasetError(f"{self.name}: mean/std need {self.channels} values")
+        if self.transform is None and self.channels in MODES.values():
+            self.transform = plain_transform(self.channels, self.image_size)
+        if self.transform is not None:
+            try:
+                self.transform = check_transform(self.transform)
+            except ValueError as e:
+                raise DatasetError(f"{self.name}: {e}") from None
+            if MODES[self.transform["mode"]] != self.channels or self.transform["resize"] != list(self.image_size):
+                raise DatasetError(f"{self.name}: transform gives [{', '.join(map(str, self.transform['resize']))}, "
+                                   f"{MODES[self.transform['mode']]}] images (mode {self.transform['mode']!r}), the "
+                                   f"images are [{', '.join(map(str, self.images.shape[1:]))}]")
 
     @property
     def num_classes(self) -> int:
