@@ -5,12 +5,14 @@
 Preprocessing (the same for training and evaluation) is a dict stored in each checkpoint's card::
 
     {"image_size": [H, W], "channels": C, "mean": [C floats], "std": [C floats],
-     "transform": {"mode": "L", "invert": false, "transpose": false, "resize": [H, W], "resample": "bilinear"}}
+     "transform": {"mode": "L", "invert": false, "transpose": false, "resize": [H, W], "resample": "bilinear"},
+     "normalization": {"source": "source-pool train images", "images": n, "classes": k}}
 
 ``transform`` (:mod:`ncbench.data.transforms`) turns a raw PIL image into uint8 [H, W, C], exactly as the
 dataset's loader did; ``mean`` / ``std`` then map uint8 images [N, H, W, C] to float32 [N, C, H, W] as
-(x / 255 - mean) / std. Cards written before transforms were recorded have no ``transform``: theirs is
-convert to L / RGB and resize bilinearly (:func:`ncbench.data.transforms.plain_transform`).
+(x / 255 - mean) / std. ``normalization`` says which images the statistics were computed from. Cards
+written before transforms were recorded have neither key: their transform is convert to L / RGB and
+resize bilinearly (:func:`ncbench.data.transforms.plain_transform`).
 """
 
 from __future__ import annotations
@@ -29,23 +31,34 @@ from tqdm.auto import tqdm
 
 from ncbench.backbones import probe_layers
 from ncbench.checkpoint import Card, CheckpointError, load_checkpoint, read_weights, save_tensors
-from ncbench.data.base import ImageDataset
+from ncbench.data.base import ImageDataset, mean_std
 from ncbench.data.transforms import MODES, check_transform, decode, plain_transform
 
 log = logging.getLogger(__name__)
 
 
-def preprocessing_of(dataset: ImageDataset) -> dict[str, Any]:
-    """The evaluation preprocessing dict of ``dataset`` (its image size, channels, mean and std, and its
-    transform record)."""
-    pp: dict[str, Any] = {
-        "image_size": list(dataset.image_size),
-        "channels": dataset.channels,
-        "mean": [float(v) for v in dataset.mean],
-        "std": [float(v) for v in dataset.std],
-    }
+def preprocessing_of(dataset: ImageDataset, norm_idx: np.ndarray, *, source: str = "chosen images") -> dict[str, Any]:
+    """The preprocessing dict of checkpoints trained on ``dataset``: its image size, channels and transform
+    record, and mean / std (:func:`ncbench.data.base.mean_std`) of exactly ``dataset.images[norm_idx]``.
+
+    norm_idx: int [n], n >= 1, dataset indices of the images the statistics are fitted on; in a task, the
+    source pool's TRAIN images, never a target class. ``source`` describes them in
+    ``preprocessing["normalization"] = {"source": source, "images": n, "classes": <classes among them>}``.
+    """
+    idx = np.asarray(norm_idx)
+    if idx.ndim != 1 or len(idx) == 0 or not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"norm_idx must be a non-empty 1-D integer array, got {idx.dtype} {idx.shape}")
+    if idx.min() < 0 or idx.max() >= len(dataset.labels):
+        raise ValueError(f"norm_idx must index the dataset's {len(dataset.labels)} images, got values in {idx.min()}..{idx.max()}")
+    if not isinstance(source, str) or not source:
+        raise ValueError(f"source must be a non-empty string describing the images, got {source!r}")
+    mean, std = mean_std(dataset.images, idx)
+    pp: dict[str, Any] = {"image_size": list(dataset.image_size), "channels": dataset.channels,
+                          "mean": list(mean), "std": list(std)}
     if dataset.transform is not None:
         pp["transform"] = dict(dataset.transform)
+    pp["normalization"] = {"source": source, "images": int(len(idx)),
+                           "classes": int(len(np.unique(dataset.labels[idx])))}
     return pp
 
 
@@ -57,7 +70,7 @@ def _check_preprocessing(pp: dict[str, Any]) -> tuple[tuple[int, int], int, torc
         std = torch.tensor(pp["std"], dtype=torch.float32)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"preprocessing must be {{'image_size': [H, W], 'channels': C, 'mean': [...], 'std': [...]}}"
-                         f" (optionally 'transform'), got {pp!r}") from e
+                         f" (optionally 'transform', 'normalization'), got {pp!r}") from e
     if mean.shape != (c,) or std.shape != (c,) or not (std > 0).all():
         raise ValueError(f"preprocessing: mean and std must hold {c} values (std > 0), got {pp['mean']!r}, {pp['std']!r}")
     return (h, w), c, mean, std

@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 
 from ncbench.backbones import build_backbone
 from ncbench.checkpoint import Card, load_checkpoint, save_checkpoint
-from ncbench.data import DatasetError, ImageDataset, load_dataset
+from ncbench.data import TRAIN, DatasetError, ImageDataset, load_dataset
 from ncbench.data.transforms import KEYS, check_transform, decode, decode_arrays, make_transform, plain_transform
 from ncbench.features import FeatureCache, embed_images, pil_to_array, preprocessing_of
 from ncbench.registry import DATASETS
@@ -133,7 +133,7 @@ def some_indices(ds, n: int = 24) -> np.ndarray:
 def test_embed_images_of_raw_images_equals_pipeline_features(name, tmp_path, monkeypatch):
     options = tiny_copy(name, tmp_path / "data", monkeypatch)
     ds = load_dataset(name, **options)
-    pp = preprocessing_of(ds)
+    pp = preprocessing_of(ds, np.flatnonzero(ds.split == TRAIN), source="train images")
     assert pp["transform"] == ds.transform
     ckpt = checkpoint(tmp_path / "ckpt", pp)
     idx = some_indices(ds)
@@ -151,7 +151,7 @@ def test_without_replay_the_features_differ(name, step, tmp_path, monkeypatch):
     options = tiny_copy(name, tmp_path / "data", monkeypatch)
     ds = load_dataset(name, **options)
     assert ds.transform[step] is True
-    pp = preprocessing_of(ds)
+    pp = preprocessing_of(ds, np.flatnonzero(ds.split == TRAIN))
     idx = some_indices(ds)
     given = [raw_images(name, ds, options)[i] for i in idx]
     expected = pipeline_features(checkpoint(tmp_path / "ok", pp), ds, idx, tmp_path / "cache")
@@ -164,7 +164,7 @@ def test_without_replay_the_features_differ(name, step, tmp_path, monkeypatch):
 
 def test_card_transform_must_fit_its_image_size(tmp_path):
     ds = ImageDataset("toy", np.zeros((2, 6, 6, 1), np.uint8), np.array([0, 1]), ["a", "b"], np.zeros(2, np.int8))
-    pp = preprocessing_of(ds)
+    pp = preprocessing_of(ds, np.array([0, 1]))
     pp["transform"] = make_transform("L", (5, 5))
     with pytest.raises(ValueError, match=r"preprocessing.transform gives \[5, 5, 1\] images \(mode 'L'\), expected \[6, 6, 1\]"):
         embed_images(checkpoint(tmp_path, pp), [Image.new("L", (6, 6))])
@@ -175,7 +175,7 @@ def test_embed_images_of_real_omniglot_pngs(tmp_path):
     """Real Omniglot: PNGs read straight from the archive, as a user has them."""
     archive = OMNIGLOT_SMALL / "images_background_small1.zip"
     ds = load_dataset("omniglot", root=archive, cache_dir=tmp_path / "unzipped")
-    pp = preprocessing_of(ds)
+    pp = preprocessing_of(ds, np.flatnonzero(ds.split == TRAIN), source="train images")
     ckpt = checkpoint(tmp_path / "ckpt", pp)
     idx = some_indices(ds, 30)
     with zipfile.ZipFile(archive) as z:

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ncbench.data.base import DatasetError, ImageDataset, train_mean_std
+from ncbench.data.base import DatasetError, ImageDataset
 from ncbench.data.common import (check_size, missing_files_error, named_class_splits, per_class_split, read_image,
                                  require_root, split_list)
 from ncbench.data.transforms import decode, make_transform
@@ -103,7 +103,7 @@ def load(
     Class names: wnids (folder names, or the ``label`` column's names), sorted. Per-class split: in
     file-name (folder) or row (datasets) order, the first ceil(0.75 n) images of each class TRAIN
     (450 of 600), the rest TEST. Class splits: the Ravi lists (64 / 16 / 20 wnids) restricted to the
-    classes present. Normalisation mean/std: computed from the TRAIN images.
+    classes present.
     """
     del seed
     size = check_size("mini-imagenet", image_size)
@@ -127,6 +127,5 @@ def load(
     labels_arr = np.asarray(labels, np.int64)
     split = per_class_split(labels_arr)
     lists = {s: split_list(f"mini_imagenet_{s}.txt") for s in ("train", "val", "test")}
-    mean, std = train_mean_std(images_arr, split)
     return ImageDataset(name="mini-imagenet", images=images_arr, labels=labels_arr, class_names=names, split=split,
-                        class_splits=named_class_splits(names, lists), mean=mean, std=std, transform=transform)
+                        class_splits=named_class_splits(names, lists), transform=transform)

@@ -7,7 +7,7 @@ import os
 import numpy as np
 from torchvision.datasets import EMNIST, FashionMNIST
 
-from ncbench.data.base import TEST, TRAIN, DatasetError, ImageDataset, train_mean_std
+from ncbench.data.base import TEST, TRAIN, DatasetError, ImageDataset
 from ncbench.data.common import require_root, seeded_class_splits, torchvision_splits
 from ncbench.data.transforms import decode_arrays, make_transform
 from ncbench.registry import register_dataset
@@ -27,9 +27,8 @@ def _load(name: str, factory, folder: str, files: str, root, download: bool, see
     remap = np.full(len(classes), -1, np.int64)
     remap[present] = np.arange(len(present))
     labels, classes = remap[labels], [classes[i] for i in present]
-    mean, std = train_mean_std(images, split)
     return ImageDataset(name=name, images=images, labels=labels, class_names=classes, split=split,
-                        class_splits=seeded_class_splits(len(classes), seed), mean=mean, std=std, transform=transform)
+                        class_splits=seeded_class_splits(len(classes), seed), transform=transform)
 
 
 @register_dataset("emnist")
@@ -48,7 +47,7 @@ def load_emnist(*, root: str | os.PathLike | None = None, download: bool = False
     store them transposed; transform record ``{"mode": "L", "transpose": true, "resize": [28, 28], ...}``).
     Class names: torchvision's (``'0'``..``'9'``, letters); classes without images (letters' "N/A")
     are dropped. Per-class split: the official train = TRAIN, test = TEST. Class split: seeded
-    60 / 20 / 20 % train / val / test. Normalisation mean/std: computed from the TRAIN images.
+    60 / 20 / 20 % train / val / test.
     """
     if split not in EMNIST.splits:
         raise DatasetError(f"emnist: option 'split' must be one of {', '.join(EMNIST.splits)}, got {split!r}")
@@ -71,7 +70,7 @@ def load_fashion_mnist(*, root: str | os.PathLike | None = None, download: bool 
 
     Images: uint8 [70000, 28, 28, 1], as stored (transform record: mode L, resize [28, 28], nothing
     else). Per-class split: official train (6,000 / class) = TRAIN, test (1,000 / class) = TEST. Class
-    split: seeded 6 / 2 / 2 train / val / test classes. Normalisation mean/std: computed from the TRAIN images.
+    split: seeded 6 / 2 / 2 train / val / test classes.
     """
     return _load("fashion-mnist", FashionMNIST, "FashionMNIST", "{train,t10k}-{images-idx3,labels-idx1}-ubyte",
                  root, download, seed, transpose=False)

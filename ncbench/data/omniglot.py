@@ -14,7 +14,7 @@ import numpy as np
 from torchvision.datasets import Omniglot
 from tqdm.auto import tqdm
 
-from ncbench.data.base import DatasetError, ImageDataset, train_mean_std
+from ncbench.data.base import DatasetError, ImageDataset
 from ncbench.data.common import (check_size, default_cache_dir, missing_files_error, per_class_split, require_root,
                                  read_image, seeded_class_splits)
 from ncbench.data.transforms import make_transform
@@ -85,7 +85,6 @@ def load(
     first ceil(0.75 n) TRAIN (15 of the 20 drawers), the rest TEST. Class split: when both
     ``images_background`` and ``images_evaluation`` are present, background classes = ``train`` and
     evaluation classes = ``test``; otherwise seeded 60 / 20 / 20 % train / val / test.
-    Normalisation mean/std: computed from the TRAIN images.
     """
     size = check_size("omniglot", image_size)
     path = require_root("omniglot", root, _EXPECTED, downloadable=True, download=download)
@@ -118,6 +117,5 @@ def load(
         class_splits = {"train": list(range(n_bg)), "test": list(range(n_bg, len(names)))}
     else:
         class_splits = seeded_class_splits(len(names), seed)
-    mean, std = train_mean_std(images_arr, split)
     return ImageDataset(name="omniglot", images=images_arr, labels=labels_arr, class_names=names, split=split,
-                        class_splits=class_splits, mean=mean, std=std, transform=transform)
+                        class_splits=class_splits, transform=transform)
