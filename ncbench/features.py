@@ -185,7 +185,8 @@ class FeatureCache:
 
     Files are ``root/<card sha256[:16]>/<kind>-<key>.safetensors``, where the key hashes the dataset's
     name, images and labels, the card's preprocessing and the requested indices, so a changed checkpoint,
-    normalisation or dataset never reads stale features. Written atomically; safe to share between runs of the same checkpoint.
+    normalisation or dataset never reads stale features. Written atomically; safe to share between runs of
+    the same checkpoint.
     """
 
     def __init__(self, root: Path, model: nn.Module, card: Card, dataset: ImageDataset, *, batch_size: int = 256):

@@ -81,10 +81,11 @@ def load(
 
     Images: uint8 [N, image_size, image_size, 1]: each PNG converted to L, inverted so strokes are bright
     on dark, resized bilinearly with antialiasing (transform record ``{"mode": "L", "invert": true,
-    "transpose": false, "resize": [image_size, image_size], "resample": "bilinear"}``). Class names ``alphabet/character``. Per-class split: images sorted by file name, the
-    first ceil(0.75 n) TRAIN (15 of the 20 drawers), the rest TEST. Class split: when both
-    ``images_background`` and ``images_evaluation`` are present, background classes = ``train`` and
-    evaluation classes = ``test``; otherwise seeded 60 / 20 / 20 % train / val / test.
+    "transpose": false, "resize": [image_size, image_size], "resample": "bilinear"}``). Class names
+    ``alphabet/character``. Per-class split: images sorted by file name, the first ceil(0.75 n) TRAIN
+    (15 of the 20 drawers), the rest TEST. Class split: when both ``images_background`` and
+    ``images_evaluation`` are present, background classes = ``train`` and evaluation classes = ``test``;
+    otherwise seeded 60 / 20 / 20 % train / val / test.
     """
     size = check_size("omniglot", image_size)
     path = require_root("omniglot", root, _EXPECTED, downloadable=True, download=download)
