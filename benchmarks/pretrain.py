@@ -72,7 +72,7 @@ def main() -> None:
     ds = load_dataset("glyphs", classes=args.classes, per_class=args.per_class)
     train_idx = np.flatnonzero(ds.split == TRAIN)
     test_idx = np.flatnonzero(ds.split != TRAIN)
-    pp = preprocessing_of(ds)
+    pp = preprocessing_of(ds, train_idx, source="pretraining train images (train_idx)")  # as pretrain() computes it
     config = PretrainConfig(epochs=args.epochs, batch_size=args.batch_size, track_every=0, num_threads=args.threads)
     steps = config.epochs * (len(train_idx) // min(config.batch_size, len(train_idx)))
     images_seen = steps * min(config.batch_size, len(train_idx))

@@ -55,7 +55,10 @@ class Card:
     Keys of ``extra`` (e.g. ``name: conv4.glyphs-s20-seed0``, ``task``) are written at the top level of
     the JSON and read back into ``extra``. ``backbone_options`` holds every option given to
     ``build_backbone`` (including ``in_channels`` and ``image_size``), so the card alone rebuilds the model.
-    ``preprocessing`` is ``{"image_size": [H, W], "channels": C, "mean": [...], "std": [...]}``.
+    ``preprocessing`` is ``{"image_size": [H, W], "channels": C, "mean": [C floats], "std": [C floats],
+    "transform": {...}, "normalization": {"source": str, "images": n, "classes": k}}``: the dataset's
+    transform record (:mod:`ncbench.data.transforms`) and where mean / std were computed
+    (:mod:`ncbench.features`); cards written before those two keys existed still load.
     """
 
     backbone: str

@@ -4,14 +4,21 @@
 
 Preprocessing (the same for training and evaluation) is a dict stored in each checkpoint's card::
 
-    {"image_size": [H, W], "channels": C, "mean": [C floats], "std": [C floats]}
+    {"image_size": [H, W], "channels": C, "mean": [C floats], "std": [C floats],
+     "transform": {"mode": "L", "invert": false, "transpose": false, "resize": [H, W], "resample": "bilinear"},
+     "normalization": {"source": "source-pool train images", "images": n, "classes": k}}
 
-and maps uint8 images [N, H, W, C] to float32 [N, C, H, W] as (x / 255 - mean) / std.
+``transform`` (:mod:`ncbench.data.transforms`) turns a raw PIL image into uint8 [H, W, C], exactly as the
+dataset's loader did; ``mean`` / ``std`` then map uint8 images [N, H, W, C] to float32 [N, C, H, W] as
+(x / 255 - mean) / std. ``normalization`` says which images the statistics were computed from. Cards
+written before transforms were recorded have neither key: their transform is convert to L / RGB and
+resize bilinearly (:func:`ncbench.data.transforms.plain_transform`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -24,19 +31,35 @@ from tqdm.auto import tqdm
 
 from ncbench.backbones import probe_layers
 from ncbench.checkpoint import Card, CheckpointError, load_checkpoint, read_weights, save_tensors
-from ncbench.data.base import ImageDataset
+from ncbench.data.base import ImageDataset, mean_std
+from ncbench.data.transforms import MODES, check_transform, decode, plain_transform
 
 log = logging.getLogger(__name__)
 
 
-def preprocessing_of(dataset: ImageDataset) -> dict[str, Any]:
-    """The evaluation preprocessing dict of ``dataset`` (its image size, channels, mean and std)."""
-    return {
-        "image_size": list(dataset.image_size),
-        "channels": dataset.channels,
-        "mean": [float(v) for v in dataset.mean],
-        "std": [float(v) for v in dataset.std],
-    }
+def preprocessing_of(dataset: ImageDataset, norm_idx: np.ndarray, *, source: str = "chosen images") -> dict[str, Any]:
+    """The preprocessing dict of checkpoints trained on ``dataset``: its image size, channels and transform
+    record, and mean / std (:func:`ncbench.data.base.mean_std`) of exactly ``dataset.images[norm_idx]``.
+
+    norm_idx: int [n], n >= 1, dataset indices of the images the statistics are fitted on; in a task, the
+    source pool's TRAIN images, never a target class. ``source`` describes them in
+    ``preprocessing["normalization"] = {"source": source, "images": n, "classes": <classes among them>}``.
+    """
+    idx = np.asarray(norm_idx)
+    if idx.ndim != 1 or len(idx) == 0 or not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"norm_idx must be a non-empty 1-D integer array, got {idx.dtype} {idx.shape}")
+    if idx.min() < 0 or idx.max() >= len(dataset.labels):
+        raise ValueError(f"norm_idx must index the dataset's {len(dataset.labels)} images, got values in {idx.min()}..{idx.max()}")
+    if not isinstance(source, str) or not source:
+        raise ValueError(f"source must be a non-empty string describing the images, got {source!r}")
+    mean, std = mean_std(dataset.images, idx)
+    pp: dict[str, Any] = {"image_size": list(dataset.image_size), "channels": dataset.channels,
+                          "mean": list(mean), "std": list(std)}
+    if dataset.transform is not None:
+        pp["transform"] = dict(dataset.transform)
+    pp["normalization"] = {"source": source, "images": int(len(idx)),
+                           "classes": int(len(np.unique(dataset.labels[idx])))}
+    return pp
 
 
 def _check_preprocessing(pp: dict[str, Any]) -> tuple[tuple[int, int], int, torch.Tensor, torch.Tensor]:
@@ -46,10 +69,24 @@ def _check_preprocessing(pp: dict[str, Any]) -> tuple[tuple[int, int], int, torc
         mean = torch.tensor(pp["mean"], dtype=torch.float32)
         std = torch.tensor(pp["std"], dtype=torch.float32)
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"preprocessing must be {{'image_size': [H, W], 'channels': C, 'mean': [...], 'std': [...]}}, got {pp!r}") from e
+        raise ValueError(f"preprocessing must be {{'image_size': [H, W], 'channels': C, 'mean': [...], 'std': [...]}}"
+                         f" (optionally 'transform', 'normalization'), got {pp!r}") from e
     if mean.shape != (c,) or std.shape != (c,) or not (std > 0).all():
         raise ValueError(f"preprocessing: mean and std must hold {c} values (std > 0), got {pp['mean']!r}, {pp['std']!r}")
     return (h, w), c, mean, std
+
+
+def transform_of(preprocessing: dict[str, Any]) -> dict[str, Any]:
+    """The transform record of a preprocessing dict, validated against its image size and channels; a dict
+    without one (a card written before transforms were recorded) gets :func:`plain_transform`."""
+    (h, w), c, _, _ = _check_preprocessing(preprocessing)
+    if preprocessing.get("transform") is None:
+        return plain_transform(c, (h, w))
+    t = check_transform(preprocessing["transform"], "preprocessing.transform")
+    if t["resize"] != [h, w] or MODES[t["mode"]] != c:
+        raise ValueError(f"preprocessing.transform gives [{t['resize'][0]}, {t['resize'][1]}, {MODES[t['mode']]}] images "
+                         f"(mode {t['mode']!r}), expected [{h}, {w}, {c}] (preprocessing.image_size, .channels)")
+    return t
 
 
 def to_input(images: torch.Tensor, preprocessing: dict[str, Any]) -> torch.Tensor:
@@ -123,24 +160,22 @@ def extract(
 
 
 def pil_to_array(images: list[Image.Image], preprocessing: dict[str, Any]) -> np.ndarray:
-    """PIL images -> uint8 [N, H, W, C]: converted to L (C = 1) or RGB (C = 3), resized bilinearly to H×W."""
-    (h, w), c, _, _ = _check_preprocessing(preprocessing)
-    if c not in (1, 3):
-        raise ValueError(f"preprocessing: channels must be 1 or 3 for PIL images, got {c}")
+    """PIL images (any mode and size) -> uint8 [N, H, W, C], each through the preprocessing's transform record
+    (:func:`transform_of`, :func:`ncbench.data.transforms.decode`): the dataset's own raw-image steps."""
+    transform = transform_of(preprocessing)
+    h, w = transform["resize"]
     arrays = []
     for i, img in enumerate(images):
         if not isinstance(img, Image.Image):
             raise ValueError(f"images[{i}] must be a PIL image, got {type(img).__name__}")
-        img = img.convert("L" if c == 1 else "RGB")
-        if img.size != (w, h):
-            img = img.resize((w, h), Image.BILINEAR)
-        arrays.append(np.asarray(img, dtype=np.uint8).reshape(h, w, c))
-    return np.stack(arrays) if arrays else np.zeros((0, h, w, c), np.uint8)
+        arrays.append(decode(img, transform))
+    return np.stack(arrays) if arrays else np.zeros((0, h, w, MODES[transform["mode"]]), np.uint8)
 
 
 def embed_images(checkpoint_dir: Path, images: list[Image.Image], *, batch_size: int = 256) -> torch.Tensor:
-    """Penultimate features [N, m] float32 of PIL ``images`` under the checkpoint in ``checkpoint_dir``,
-    with the checkpoint's own evaluation preprocessing."""
+    """Penultimate features [N, m] float32 of PIL ``images`` (raw, as a user has them: files opened with
+    PIL, ``torchvision`` dataset items) under the checkpoint in ``checkpoint_dir``: the card's transform
+    record is replayed on each image (inversion, transposition, channels, resize), then its normalisation."""
     model, card = load_checkpoint(checkpoint_dir)
     return extract(model, pil_to_array(list(images), card.preprocessing), card.preprocessing, batch_size=batch_size)
 
@@ -149,8 +184,9 @@ class FeatureCache:
     """Features of one checkpoint on one dataset, computed once per set of images and kept on disk.
 
     Files are ``root/<card sha256[:16]>/<kind>-<key>.safetensors``, where the key hashes the dataset's
-    name, images and labels and the requested indices, so a changed checkpoint or dataset never reads
-    stale features. Written atomically; safe to share between runs of the same checkpoint.
+    name, images and labels, the card's preprocessing and the requested indices, so a changed checkpoint,
+    normalisation or dataset never reads stale features. Written atomically; safe to share between runs of
+    the same checkpoint.
     """
 
     def __init__(self, root: Path, model: nn.Module, card: Card, dataset: ImageDataset, *, batch_size: int = 256):
@@ -163,6 +199,7 @@ class FeatureCache:
             h = hashlib.sha256(self.dataset.name.encode())
             h.update(np.ascontiguousarray(self.dataset.images).data)
             h.update(np.ascontiguousarray(self.dataset.labels, dtype=np.int64).data)
+            h.update(json.dumps(self.preprocessing, sort_keys=True).encode())
             self._dataset_key = h.hexdigest()
         key = hashlib.sha256(self._dataset_key.encode() + np.ascontiguousarray(idx, dtype=np.int64).data).hexdigest()[:24]
         return self.dir / f"{kind}-{key}.safetensors"

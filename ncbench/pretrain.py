@@ -401,6 +401,8 @@ def pretrain(
     backbone_options: dict | None = None,
     card_extra: dict | None = None,
     layer_eps: float = 0.01,
+    norm_idx: np.ndarray | None = None,
+    norm_source: str | None = None,
 ) -> Path:
     """Train ``backbone`` on ``dataset.images[train_idx]`` (labels remapped to 0..s-1 in sorted order of the
     original labels) and write the checkpoint, card and collapse curves into ``out_dir``; returns ``out_dir``.
@@ -409,6 +411,9 @@ def pretrain(
     ``out_dir`` with the same inputs is resumed; a finished one is returned at once; a different run there
     raises CheckpointError. ``card_extra`` keys (e.g. ``name``, ``task``) are added to the card.
     ``layer_eps`` is the ε of the ε-effective depth in the tracked curves (the task's ``layer_eps``).
+    The normalisation mean / std (card ``preprocessing``, part of the run's identity) are computed from
+    ``dataset.images[norm_idx]`` (int [n]; default ``train_idx``), described as ``norm_source`` in
+    ``preprocessing["normalization"]``; the pipeline passes the TRAIN images of the task's whole source pool.
     Inside a process group (``ncbench.distributed.session``) every process calls this with the same
     arguments; they train one model with DistributedDataParallel and rank 0 writes the files.
     """
@@ -437,7 +442,9 @@ def pretrain(
         test = _Split(np.ascontiguousarray(dataset.images[test_idx]), np.searchsorted(classes, test_labels))
     config = config.for_size(len(train_idx))
     options = {"in_channels": dataset.channels, "image_size": list(dataset.image_size), **(backbone_options or {})}
-    pp = preprocessing_of(dataset)
+    if norm_idx is None:
+        norm_idx, norm_source = train_idx, norm_source or "pretraining train images (train_idx)"
+    pp = preprocessing_of(dataset, _check_indices("norm_idx", norm_idx, n), source=norm_source or "norm_idx images")
     identity = {
         "backbone": backbone,
         "backbone_options": options,

@@ -4,7 +4,8 @@ A unit is one (task, model, source-class count s, seed). For each unit ``run_uni
 
 1. loads the dataset, splits its classes into source/target pools, draws s source classes (seeded, nested
    over s) and their TRAIN/TEST images;
-2. pretrains the backbone on them (or reuses / resumes the checkpoint in ``<out>/checkpoints``);
+2. pretrains the backbone on them (or reuses / resumes the checkpoint in ``<out>/checkpoints``), normalised
+   with mean / std of the source pool's TRAIN images (never the target pool's);
 3. extracts features once per (checkpoint, split) through the feature cache;
 4. computes source collapse (CDNV, NC1–NC4, weak/strong test collapse, accuracies), the layer-wise NCC-error
    and CDNV curves with ε-effective depth, target CDNV and target NCC accuracy;
@@ -170,6 +171,14 @@ def unit_data(unit: Unit, opts: RunOptions) -> UnitData:
     return UnitData(ds, src_pool, tgt_pool, classes, train_idx, test_idx)
 
 
+def norm_indices(data: UnitData) -> np.ndarray:
+    """Dataset indices of the TRAIN images of every source-pool class, sorted: the images the unit's
+    normalisation statistics are fitted on (one normalisation for every s and seed of a task; no target class)."""
+    from ncbench.data import TRAIN
+
+    return np.flatnonzero(np.isin(data.dataset.labels, data.source_pool) & (data.dataset.split == TRAIN))
+
+
 def checkpoint_dir(unit: Unit, opts: RunOptions) -> Path:
     return Path(opts.out) / "checkpoints" / f"{unit.checkpoint_name}-{unit.config_hash}"
 
@@ -196,7 +205,8 @@ def pretrain_unit(unit: Unit, opts: RunOptions, data: UnitData | None = None) ->
     return pretrain(unit.backbone, data.dataset, data.train_idx, data.test_idx, unit.task.pretrain_config(),
                     checkpoint_dir(unit, opts), seed=unit.seed, backbone_options=unit.backbone_options,
                     card_extra={"name": unit.checkpoint_name, "task": unit.task.name,
-                                "task_version": unit.task.version}, layer_eps=unit.task.layer_eps)
+                                "task_version": unit.task.version},
+                    norm_idx=norm_indices(data), norm_source="source-pool train images", layer_eps=unit.task.layer_eps)
 
 
 @dataclass(frozen=True)

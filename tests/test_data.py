@@ -4,6 +4,7 @@ and the error messages. Nothing here touches the network."""
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
 import struct
 import zipfile
@@ -16,6 +17,7 @@ from PIL import Image
 from ncbench.data import TEST, TRAIN, DatasetError, ImageDataset, load_dataset
 from ncbench.data.cifar import fc100_lists
 from ncbench.data.common import split_list
+from ncbench.data.transforms import MODES, check_transform
 from ncbench.registry import DATASETS, UnknownNameError
 
 OMNIGLOT_SMALL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "omniglot-small"
@@ -131,8 +133,10 @@ def check_invariants(ds: ImageDataset) -> None:
     used = [i for idx in ds.class_splits.values() for i in idx]
     assert len(used) == len(set(used)), "class splits overlap"
     assert all(0 <= i < k for i in used)
-    assert len(ds.mean) == len(ds.std) == ds.channels
-    assert all(0 < m < 1 for m in ds.mean) and all(0 < s < 1 for s in ds.std)
+    assert not hasattr(ds, "mean") and not hasattr(ds, "std")  # fitted on chosen images, not by the loader
+    assert check_transform(ds.transform) == ds.transform  # a complete, valid record...
+    assert ds.transform["resize"] == list(ds.image_size) and MODES[ds.transform["mode"]] == ds.channels  # ...of these images
+    assert json.loads(json.dumps(ds.transform)) == ds.transform  # JSON-serialisable, as the card stores it
     assert ds.images.std() > 0
 
 
@@ -254,7 +258,8 @@ def test_omniglot_small_real_archive(tmp_path):
     assert (ds.num_classes, len(ds.labels), ds.image_size) == (136, 2720, (28, 28))
     assert np.bincount(ds.labels).tolist() == [20] * 136 and (ds.split == TRAIN).sum() == 136 * 15
     assert ds.class_names[0] == "Balinese/character01"
-    assert ds.mean[0] < 0.2  # mostly dark background after inversion
+    assert ds.images.mean() / 255 < 0.2  # mostly dark background after inversion
+    assert ds.transform == {"mode": "L", "invert": True, "transpose": False, "resize": [28, 28], "resample": "bilinear"}
 
 
 def test_mini_imagenet_image_folder_and_saved_datasets(tmp_path):

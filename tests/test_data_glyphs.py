@@ -23,7 +23,7 @@ def test_same_options_same_bytes_across_a_fresh_cache(tmp_path):
     a = load(tmp_path / "one")
     b = load(tmp_path / "two")
     np.testing.assert_array_equal(a.images, b.images)
-    assert a.class_names == b.class_names and a.mean == b.mean
+    assert a.class_names == b.class_names and a.transform == b.transform
 
 
 def test_image_i_of_class_c_does_not_depend_on_how_many_are_asked(tmp_path):

@@ -105,7 +105,7 @@ def test_feature_cache_computes_once_and_matches_extract(tmp_path, conv, images,
     from ncbench.data.base import ImageDataset
     from ncbench.features import FeatureCache
 
-    ds = ImageDataset("synthetic", images, np.arange(10) % 2, ["a", "b"], np.zeros(10, np.int8), mean=(0.4,), std=(0.2,))
+    ds = ImageDataset("synthetic", images, np.arange(10) % 2, ["a", "b"], np.zeros(10, np.int8))
     model, card = load_checkpoint(_checkpoint(tmp_path / "ckpt", conv, PP))
     idx = np.array([7, 1, 4])
     cache = FeatureCache(tmp_path / "cache", model, card, ds)

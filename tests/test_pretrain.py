@@ -25,8 +25,7 @@ def make_dataset(k=4, per_class=12, size=12, channels=1, seed=0):
     protos = rng.integers(0, 256, (k, size, size, channels))
     images = np.clip(protos[labels] + rng.normal(0, 25, (len(labels), size, size, channels)), 0, 255).astype(np.uint8)
     split = np.tile(np.r_[np.zeros(per_class - 3), np.ones(3)].astype(np.int8), k)
-    return ImageDataset("synthetic", images, labels.astype(np.int64), [f"class{i}" for i in range(k)], split,
-                        mean=(0.5,) * channels, std=(0.25,) * channels)
+    return ImageDataset("synthetic", images, labels.astype(np.int64), [f"class{i}" for i in range(k)], split)
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +162,12 @@ def test_labels_are_remapped_in_sorted_order_and_card_records_the_run(tmp_path):
     model, card = load_checkpoint(out)
     assert card.source_classes == ["class1", "class3", "class4"]
     assert card.extra == {"name": "tiny-mlp.synthetic-s3-seed1", "task": "unit"}
-    assert card.preprocessing == {"image_size": [12, 12], "channels": 1, "mean": [0.5], "std": [0.25]}
+    pixels = ds.images[idx].astype(np.float64) / 255  # normalisation: exactly the pretraining images (default norm_idx)
+    assert card.preprocessing == {
+        "image_size": [12, 12], "channels": 1,
+        "mean": [pytest.approx(pixels.mean(), abs=1e-12)], "std": [pytest.approx(pixels.std(), abs=1e-12)],
+        "transform": {"mode": "L", "invert": False, "transpose": False, "resize": [12, 12], "resample": "bilinear"},
+        "normalization": {"source": "pretraining train images (train_idx)", "images": len(idx), "classes": 3}}
     assert (card.backbone, card.seed, card.epochs, card.num_train, card.recipe["lr"]) == ("tiny-mlp", 1, 4, len(idx), 0.1)
     assert card.torch_version == torch.__version__ and len(card.sha256) == 64
     weight, bias = load_classifier(out)
@@ -184,6 +188,22 @@ def test_bad_indices_are_rejected(data, tmp_path):
         pretrain("tiny-conv", ds, np.array([0, 1]), None, PretrainConfig(**FAST), tmp_path, seed=0)
     with pytest.raises(ValueError, match="test_idx holds images of classes that are not in train_idx"):
         pretrain("tiny-conv", ds, tr[ds.labels[tr] < 2], np.array([47]), PretrainConfig(**FAST), tmp_path, seed=0)
+    with pytest.raises(ValueError, match="norm_idx must index the dataset's 48 images"):
+        pretrain("tiny-conv", ds, tr, None, PretrainConfig(**FAST), tmp_path, seed=0, norm_idx=np.array([48]))
+
+
+def test_norm_idx_sets_the_normalisation_and_the_run_identity(data, tmp_path):
+    ds, tr, _ = data
+    pool = np.flatnonzero(ds.split == 0)  # e.g. a source pool's TRAIN images: more images than train_idx
+    sub = tr[ds.labels[tr] < 2]
+    out = pretrain("tiny-mlp", ds, sub, None, PretrainConfig(**FAST), tmp_path / "a", seed=0, norm_idx=pool,
+                   norm_source="source-pool train images")
+    pp = load_checkpoint(out)[1].preprocessing
+    pixels = ds.images[pool].astype(np.float64) / 255
+    assert (pp["mean"], pp["std"]) == ([pytest.approx(pixels.mean(), abs=1e-12)], [pytest.approx(pixels.std(), abs=1e-12)])
+    assert pp["normalization"] == {"source": "source-pool train images", "images": len(pool), "classes": 4}
+    with pytest.raises(CheckpointError, match="holds a different pretraining run \\(preprocessing: "):
+        pretrain("tiny-mlp", ds, sub, None, PretrainConfig(**FAST), tmp_path / "a", seed=0)  # default: train_idx
 
 
 def test_etf_classifier_stays_fixed_with_mse_loss(data, tmp_path):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ncbench import leaderboard
-from ncbench.checkpoint import CheckpointError, load_checkpoint, read_weights
+from ncbench.checkpoint import CheckpointError, load_checkpoint, read_card, read_weights
 from ncbench.cli import main
 from ncbench.layerwise import LayerCurves
 from ncbench.results import iter_results
@@ -148,6 +148,10 @@ def test_sandboxed_numbers_equal_in_process(small_task, tmp_path, capsys):
     for key in ("source", "target", "layers", "episodes", "source_classes", "training_curve"):
         assert a[key] == b[key], key
     assert a["provenance"]["checkpoint_sha256"] == b["provenance"]["checkpoint_sha256"]
+    # the child normalised with the same source-pool statistics as this process
+    cards = [read_card(next((tmp_path / name / "checkpoints").iterdir())) for name in ("sandbox", "in-process")]
+    assert cards[0].preprocessing == cards[1].preprocessing
+    assert cards[0].preprocessing["normalization"]["source"] == "source-pool train images"
     # the sandboxed run never imported the submission here: its code ran only in the child
     assert imported == {"sandbox": False, "in-process": True}
 

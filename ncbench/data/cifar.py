@@ -17,8 +17,9 @@ from importlib import resources
 import numpy as np
 from torchvision.datasets import CIFAR100
 
-from ncbench.data.base import TEST, TRAIN, ImageDataset, train_mean_std
+from ncbench.data.base import TEST, TRAIN, ImageDataset
 from ncbench.data.common import named_class_splits, require_root, split_list, torchvision_splits
+from ncbench.data.transforms import decode_arrays, make_transform
 from ncbench.registry import register_dataset
 
 _EXPECTED = "torchvision's CIFAR-100 layout: <root>/cifar-100-python/{train,test,meta} (pickles)"
@@ -28,13 +29,14 @@ def _cifar100(name: str, root, download: bool, lists: dict[str, list[str]]) -> I
     """CIFAR-100 through ``torchvision.datasets.CIFAR100`` (which checks the files' md5 sums)."""
     path = require_root(name, root, _EXPECTED, downloadable=True, download=download)
     parts = torchvision_splits(name, CIFAR100, path, _EXPECTED, download)
-    images = np.concatenate([p.data for p in parts]).astype(np.uint8)
+    raw = np.concatenate([p.data for p in parts]).astype(np.uint8)  # [N, 32, 32, 3], as ds[i][0] holds them
+    transform = make_transform("RGB", raw.shape[1:3])
+    images = decode_arrays(raw, transform)
     labels = np.concatenate([np.asarray(p.targets, np.int64) for p in parts])
     split = np.concatenate([np.full(len(p.data), s, np.int8) for p, s in zip(parts, (TRAIN, TEST))])
     classes = list(parts[0].classes)
-    mean, std = train_mean_std(images, split)
     return ImageDataset(name=name, images=images, labels=labels, class_names=classes, split=split,
-                        class_splits=named_class_splits(classes, lists), mean=mean, std=std)
+                        class_splits=named_class_splits(classes, lists), transform=transform)
 
 
 def fc100_lists() -> dict[str, list[str]]:
@@ -52,10 +54,9 @@ def load_cifar_fs(*, root: str | os.PathLike | None = None, download: bool = Fal
         download: True lets torchvision fetch CIFAR-100 into ``root`` (opt-in; never in tests).
         seed:     unused (the class split is the standard one); accepted for a uniform signature.
 
-    Images: uint8 [60000, 32, 32, 3]. Per-class split: CIFAR's official train (500 / class) = TRAIN,
-    test (100 / class) = TEST. Class splits: ``train`` 64, ``val`` 16, ``test`` 20 classes.
-    Normalisation mean/std: computed from the TRAIN images (about (0.507, 0.487, 0.441) /
-    (0.267, 0.256, 0.276) on the full dataset).
+    Images: uint8 [60000, 32, 32, 3], as torchvision reads them (transform record: mode RGB, resize
+    [32, 32], nothing else). Per-class split: CIFAR's official train (500 / class) = TRAIN, test
+    (100 / class) = TEST. Class splits: ``train`` 64, ``val`` 16, ``test`` 20 classes.
     """
     del seed
     lists = {s: split_list(f"cifar_fs_{s}.txt") for s in ("train", "val", "test")}
@@ -71,10 +72,9 @@ def load_fc100(*, root: str | os.PathLike | None = None, download: bool = False,
         download: True lets torchvision fetch CIFAR-100 into ``root`` (opt-in; never in tests).
         seed:     unused (the class split is the standard one); accepted for a uniform signature.
 
-    Images: uint8 [60000, 32, 32, 3]. Per-class split: CIFAR's official train (500 / class) = TRAIN,
-    test (100 / class) = TEST. Class splits: superclasses {1,2,3,4,5,6,9,10,15,17,18,19} -> ``train``,
-    {8,11,13,16} -> ``val``, {0,7,12,14} -> ``test``. Normalisation mean/std: computed from the TRAIN
-    images.
+    Images: uint8 [60000, 32, 32, 3], as for ``cifar-fs``. Per-class split: CIFAR's official train
+    (500 / class) = TRAIN, test (100 / class) = TEST. Class splits: superclasses
+    {1,2,3,4,5,6,9,10,15,17,18,19} -> ``train``, {8,11,13,16} -> ``val``, {0,7,12,14} -> ``test``.
     """
     del seed
     return _cifar100("fc100", root, download, fc100_lists())

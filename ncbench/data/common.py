@@ -1,4 +1,4 @@
-"""Small helpers shared by the real-format loaders: roots, shipped split lists, splits, image decoding."""
+"""Small helpers shared by the real-format loaders: roots, shipped split lists, splits, reading image files."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from ncbench.data.base import TEST, TRAIN, DatasetError
+from ncbench.data.transforms import decode
 
 CLASS_SPLIT_FRACTIONS = (("train", 0.6), ("val", 0.2), ("test", 0.2))
 TRAIN_FRACTION = 0.75  # per-class image split for datasets without an official one
@@ -78,26 +79,16 @@ def per_class_split(labels: np.ndarray) -> np.ndarray:
     return split
 
 
-def read_image(dataset: str, path: Path, size: int | None, mode: str, transform=None) -> np.ndarray:
-    """The image file at ``path`` as :func:`to_array` gives it (``transform`` applied to the image converted
-    to ``mode`` first); an unreadable or truncated file raises DatasetError naming it."""
+def read_image(dataset: str, path: Path, transform: dict) -> np.ndarray:
+    """The image file at ``path`` decoded with the dataset's ``transform`` record
+    (:func:`ncbench.data.transforms.decode`): uint8 [H, W, C]. An unreadable or truncated file raises
+    DatasetError naming it."""
     try:
         with Image.open(path) as im:
-            image = im.convert(mode)
-            return to_array(transform(image) if transform else image, size, mode)
+            return decode(im, transform)
     except (OSError, Image.DecompressionBombError) as e:
         raise DatasetError(f"{dataset}: image file {str(path)!r} is unreadable ({e}); expected an image file "
                            "PIL can decode (PNG, JPEG)") from None
-
-
-def to_array(image: Image.Image, size: int | None, mode: str) -> np.ndarray:
-    """A PIL image as uint8 [size, size, C] (C = 1 for mode "L", 3 for "RGB"), resized with antialiasing
-    (PIL bilinear with support scaling) when ``size`` is given."""
-    image = image.convert(mode)
-    if size is not None and image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BILINEAR)
-    arr = np.asarray(image, dtype=np.uint8)
-    return arr[..., None] if arr.ndim == 2 else arr
 
 
 def check_size(dataset: str, image_size: object) -> int:

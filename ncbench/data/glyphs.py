@@ -34,8 +34,9 @@ import torch.nn.functional as F
 from matplotlib.ft2font import FT2Font, LoadFlags
 from tqdm.auto import tqdm
 
-from ncbench.data.base import TEST, TRAIN, DatasetError, ImageDataset, train_mean_std
+from ncbench.data.base import TEST, TRAIN, DatasetError, ImageDataset
 from ncbench.data.common import default_cache_dir
+from ncbench.data.transforms import decode_arrays, make_transform
 from ncbench.registry import register_dataset
 
 log = logging.getLogger(__name__)
@@ -313,8 +314,8 @@ def load(
 
     Images: uint8 [K * per_class, image_size, image_size, 1], strokes bright on dark. Class names are
     the characters themselves. Per-class split: the first ceil(0.75 * per_class) images of each class
-    are TRAIN, the rest TEST. No standard class split (``class_splits`` is empty). Normalisation
-    mean/std: computed from the TRAIN images.
+    are TRAIN, the rest TEST. No standard class split (``class_splits`` is empty). The rendered uint8
+    images are the raw form (transform record: mode L, resize [image_size, image_size], nothing else).
     """
     del root, download
     for opt, value in (("per_class", per_class), ("image_size", image_size)):
@@ -345,7 +346,7 @@ def load(
     n_train = math.ceil(0.75 * per_class)
     split = np.tile(np.where(np.arange(per_class) < n_train, TRAIN, TEST).astype(np.int8), len(chosen))
     labels = np.repeat(np.arange(len(chosen), dtype=np.int64), per_class)
-    flat = images.reshape(-1, image_size, image_size, 1)
-    mean, std = train_mean_std(flat, split)
+    transform = make_transform("L", (int(image_size), int(image_size)))
+    flat = decode_arrays(images.reshape(-1, image_size, image_size, 1), transform)
     return ImageDataset(name="glyphs", images=flat, labels=labels, class_names=[chr(c) for c in chosen],
-                        split=split, mean=mean, std=std)
+                        split=split, transform=transform)

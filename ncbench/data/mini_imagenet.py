@@ -14,9 +14,10 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ncbench.data.base import DatasetError, ImageDataset, train_mean_std
+from ncbench.data.base import DatasetError, ImageDataset
 from ncbench.data.common import (check_size, missing_files_error, named_class_splits, per_class_split, read_image,
-                                 require_root, split_list, to_array)
+                                 require_root, split_list)
+from ncbench.data.transforms import decode, make_transform
 from ncbench.registry import register_dataset
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def _folder_classes(root: Path) -> list[tuple[str, list[Path]]]:
     return sorted(classes)
 
 
-def _from_folder(root: Path, size: int) -> tuple[list[str], list[np.ndarray], list[int]]:
+def _from_folder(root: Path, transform: dict) -> tuple[list[str], list[np.ndarray], list[int]]:
     classes = _folder_classes(root)
     if not classes:
         raise missing_files_error("mini-imagenet", root, _EXPECTED, downloadable=True, cause="no class folder with images")
@@ -50,12 +51,12 @@ def _from_folder(root: Path, size: int) -> tuple[list[str], list[np.ndarray], li
     images, labels = [], []
     for k, (_, files) in enumerate(tqdm(classes, desc="mini-imagenet: reading", unit="class", disable=None)):
         for f in files:
-            images.append(read_image("mini-imagenet", f, size, "RGB"))
+            images.append(read_image("mini-imagenet", f, transform))
             labels.append(k)
     return names, images, labels
 
 
-def _from_hf(dataset, size: int) -> tuple[list[str], list[np.ndarray], list[int]]:
+def _from_hf(dataset, transform: dict) -> tuple[list[str], list[np.ndarray], list[int]]:
     """Rows of a ``datasets.Dataset`` / ``DatasetDict`` with an image column and a ``label`` column
     (ClassLabel or string wnids); classes are taken in sorted name order."""
     import datasets
@@ -74,7 +75,7 @@ def _from_hf(dataset, size: int) -> tuple[list[str], list[np.ndarray], list[int]
             rows.append((to_name(row["label"]), row[image_col]))
     names = sorted({n for n, _ in rows})
     index = {n: i for i, n in enumerate(names)}
-    return names, [to_array(im, size, "RGB") for _, im in rows], [index[n] for n, _ in rows]
+    return names, [decode(im, transform) for _, im in rows], [index[n] for n, _ in rows]
 
 
 @register_dataset("mini-imagenet")
@@ -94,35 +95,37 @@ def load(
                     With ``download=True`` it is the Hugging Face cache directory (optional).
         download:   True loads ``hub_name`` with ``datasets.load_dataset`` (network; opt-in).
         seed:       unused (the class split is the standard one); accepted for a uniform signature.
-        image_size: side of the square output images (default 84), resized with antialiasing.
+        image_size: side of the square output images (default 84): each image is converted to RGB and resized
+                    bilinearly with antialiasing, not cropped (transform record ``{"mode": "RGB",
+                    "resize": [image_size, image_size], "resample": "bilinear", ...}``).
         hub_name:   the Hugging Face dataset to download (default ``timm/mini-imagenet``).
 
     Class names: wnids (folder names, or the ``label`` column's names), sorted. Per-class split: in
     file-name (folder) or row (datasets) order, the first ceil(0.75 n) images of each class TRAIN
     (450 of 600), the rest TEST. Class splits: the Ravi lists (64 / 16 / 20 wnids) restricted to the
-    classes present. Normalisation mean/std: computed from the TRAIN images.
+    classes present.
     """
     del seed
     size = check_size("mini-imagenet", image_size)
+    transform = make_transform("RGB", (size, size))
     if download:
         import datasets
 
         log.info("mini-imagenet: loading %s from the Hugging Face hub", hub_name)
-        names, images, labels = _from_hf(datasets.load_dataset(hub_name, cache_dir=root), size)
+        names, images, labels = _from_hf(datasets.load_dataset(hub_name, cache_dir=root), transform)
     else:
         path = require_root("mini-imagenet", root, _EXPECTED, downloadable=True)
         if path.is_dir() and any((path / m).is_file() for m in _HF_MARKERS):
             import datasets
 
-            names, images, labels = _from_hf(datasets.load_from_disk(str(path)), size)
+            names, images, labels = _from_hf(datasets.load_from_disk(str(path)), transform)
         elif path.is_dir():
-            names, images, labels = _from_folder(path, size)
+            names, images, labels = _from_folder(path, transform)
         else:
             raise missing_files_error("mini-imagenet", path, _EXPECTED, downloadable=True, cause="not a folder")
     images_arr = np.stack(images)
     labels_arr = np.asarray(labels, np.int64)
     split = per_class_split(labels_arr)
     lists = {s: split_list(f"mini_imagenet_{s}.txt") for s in ("train", "val", "test")}
-    mean, std = train_mean_std(images_arr, split)
     return ImageDataset(name="mini-imagenet", images=images_arr, labels=labels_arr, class_names=names, split=split,
-                        class_splits=named_class_splits(names, lists), mean=mean, std=std)
+                        class_splits=named_class_splits(names, lists), transform=transform)

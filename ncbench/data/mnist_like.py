@@ -7,8 +7,9 @@ import os
 import numpy as np
 from torchvision.datasets import EMNIST, FashionMNIST
 
-from ncbench.data.base import TEST, TRAIN, DatasetError, ImageDataset, train_mean_std
+from ncbench.data.base import TEST, TRAIN, DatasetError, ImageDataset
 from ncbench.data.common import require_root, seeded_class_splits, torchvision_splits
+from ncbench.data.transforms import decode_arrays, make_transform
 from ncbench.registry import register_dataset
 
 
@@ -16,9 +17,9 @@ def _load(name: str, factory, folder: str, files: str, root, download: bool, see
     expected = f"torchvision's layout <root>/{folder}/raw/ with {files}"
     path = require_root(name, root, expected, downloadable=True, download=download)
     parts = torchvision_splits(name, factory, path, expected, download)
-    images = np.concatenate([p.data.numpy() for p in parts]).astype(np.uint8)
-    if transpose:
-        images = images.transpose(0, 2, 1)
+    raw = np.concatenate([p.data.numpy() for p in parts]).astype(np.uint8)  # [N, 28, 28], as ds[i][0] holds them
+    transform = make_transform("L", raw.shape[2:0:-1] if transpose else raw.shape[1:3], transpose=transpose)
+    images = decode_arrays(raw, transform)
     labels = np.concatenate([p.targets.numpy().astype(np.int64) for p in parts])
     split = np.concatenate([np.full(len(p.data), s, np.int8) for p, s in zip(parts, (TRAIN, TEST))])
     classes = list(parts[0].classes)
@@ -26,10 +27,8 @@ def _load(name: str, factory, folder: str, files: str, root, download: bool, see
     remap = np.full(len(classes), -1, np.int64)
     remap[present] = np.arange(len(present))
     labels, classes = remap[labels], [classes[i] for i in present]
-    images = np.ascontiguousarray(images[..., None])
-    mean, std = train_mean_std(images, split)
     return ImageDataset(name=name, images=images, labels=labels, class_names=classes, split=split,
-                        class_splits=seeded_class_splits(len(classes), seed), mean=mean, std=std)
+                        class_splits=seeded_class_splits(len(classes), seed), transform=transform)
 
 
 @register_dataset("emnist")
@@ -44,10 +43,11 @@ def load_emnist(*, root: str | os.PathLike | None = None, download: bool = False
         split:    torchvision's EMNIST split: byclass, bymerge, balanced (default, 47 classes), letters,
                   digits or mnist.
 
-    Images: uint8 [N, 28, 28, 1], transposed to upright (EMNIST's files store them transposed).
+    Images: uint8 [N, 28, 28, 1], transposed to upright (EMNIST's files, and so torchvision's ``ds[i][0]``,
+    store them transposed; transform record ``{"mode": "L", "transpose": true, "resize": [28, 28], ...}``).
     Class names: torchvision's (``'0'``..``'9'``, letters); classes without images (letters' "N/A")
     are dropped. Per-class split: the official train = TRAIN, test = TEST. Class split: seeded
-    60 / 20 / 20 % train / val / test. Normalisation mean/std: computed from the TRAIN images.
+    60 / 20 / 20 % train / val / test.
     """
     if split not in EMNIST.splits:
         raise DatasetError(f"emnist: option 'split' must be one of {', '.join(EMNIST.splits)}, got {split!r}")
@@ -68,9 +68,9 @@ def load_fashion_mnist(*, root: str | os.PathLike | None = None, download: bool 
         download: True lets torchvision fetch it into ``root`` (opt-in).
         seed:     seeds the class split.
 
-    Images: uint8 [70000, 28, 28, 1]. Per-class split: official train (6,000 / class) = TRAIN, test
-    (1,000 / class) = TEST. Class split: seeded 6 / 2 / 2 train / val / test classes.
-    Normalisation mean/std: computed from the TRAIN images.
+    Images: uint8 [70000, 28, 28, 1], as stored (transform record: mode L, resize [28, 28], nothing
+    else). Per-class split: official train (6,000 / class) = TRAIN, test (1,000 / class) = TEST. Class
+    split: seeded 6 / 2 / 2 train / val / test classes.
     """
     return _load("fashion-mnist", FashionMNIST, "FashionMNIST", "{train,t10k}-{images-idx3,labels-idx1}-ubyte",
                  root, download, seed, transpose=False)

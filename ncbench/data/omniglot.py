@@ -11,13 +11,13 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from PIL import ImageOps
 from torchvision.datasets import Omniglot
 from tqdm.auto import tqdm
 
-from ncbench.data.base import DatasetError, ImageDataset, train_mean_std
+from ncbench.data.base import DatasetError, ImageDataset
 from ncbench.data.common import (check_size, default_cache_dir, missing_files_error, per_class_split, require_root,
                                  read_image, seeded_class_splits)
+from ncbench.data.transforms import make_transform
 from ncbench.registry import register_dataset
 
 log = logging.getLogger(__name__)
@@ -79,12 +79,13 @@ def load(
         image_size: side of the square output images (default 28; the originals are 105x105).
         cache_dir:  where archives are unzipped (default ``$NCBENCH_CACHE`` or ``~/.cache/ncbench``).
 
-    Images: uint8 [N, image_size, image_size, 1], inverted so strokes are bright on dark, resized with
-    antialiasing. Class names ``alphabet/character``. Per-class split: images sorted by file name, the
-    first ceil(0.75 n) TRAIN (15 of the 20 drawers), the rest TEST. Class split: when both
-    ``images_background`` and ``images_evaluation`` are present, background classes = ``train`` and
-    evaluation classes = ``test``; otherwise seeded 60 / 20 / 20 % train / val / test.
-    Normalisation mean/std: computed from the TRAIN images.
+    Images: uint8 [N, image_size, image_size, 1]: each PNG converted to L, inverted so strokes are bright
+    on dark, resized bilinearly with antialiasing (transform record ``{"mode": "L", "invert": true,
+    "transpose": false, "resize": [image_size, image_size], "resample": "bilinear"}``). Class names
+    ``alphabet/character``. Per-class split: images sorted by file name, the first ceil(0.75 n) TRAIN
+    (15 of the 20 drawers), the rest TEST. Class split: when both ``images_background`` and
+    ``images_evaluation`` are present, background classes = ``train`` and evaluation classes = ``test``;
+    otherwise seeded 60 / 20 / 20 % train / val / test.
     """
     size = check_size("omniglot", image_size)
     path = require_root("omniglot", root, _EXPECTED, downloadable=True, download=download)
@@ -103,10 +104,11 @@ def load(
     files = [sorted(c.glob("*.png")) for g in groups for _, c in g]
     if not names or not any(files):
         raise missing_files_error("omniglot", path, _EXPECTED, downloadable=True, cause="no <alphabet>/<character>/*.png found")
+    transform = make_transform("L", (size, size), invert=True)
     images, labels = [], []
     for k, pngs in enumerate(tqdm(files, desc="omniglot: reading", unit="class", disable=None)):
         for png in pngs:
-            images.append(read_image("omniglot", png, size, "L", ImageOps.invert))
+            images.append(read_image("omniglot", png, transform))
             labels.append(k)
     images_arr = np.stack(images)
     labels_arr = np.asarray(labels, np.int64)
@@ -116,6 +118,5 @@ def load(
         class_splits = {"train": list(range(n_bg)), "test": list(range(n_bg, len(names)))}
     else:
         class_splits = seeded_class_splits(len(names), seed)
-    mean, std = train_mean_std(images_arr, split)
     return ImageDataset(name="omniglot", images=images_arr, labels=labels_arr, class_names=names, split=split,
-                        class_splits=class_splits, mean=mean, std=std)
+                        class_splits=class_splits, transform=transform)
