@@ -183,7 +183,7 @@ def embed_images(checkpoint_dir: Path, images: list[Image.Image], *, batch_size:
 class FeatureCache:
     """Features of one checkpoint on one dataset, computed once per set of images and kept on disk.
 
-    Files are ``root/<card sha256[:16]>/<kind>-<key>.safetensors``, where the key hashes the dataset's
+    Files are ``root/<card sha256[:16]>/features-<key>.safetensors``, where the key hashes the dataset's
     name, images and labels, the card's preprocessing and the requested indices, so a changed checkpoint,
     normalisation or dataset never reads stale features. Written atomically; safe to share between runs of
     the same checkpoint.
@@ -194,7 +194,7 @@ class FeatureCache:
         self.model, self.preprocessing, self.dataset, self.batch_size = model, card.preprocessing, dataset, batch_size
         self._dataset_key: str | None = None
 
-    def _path(self, kind: str, idx: np.ndarray) -> Path:
+    def _path(self, idx: np.ndarray) -> Path:
         if self._dataset_key is None:  # hashed once: the images may be large
             h = hashlib.sha256(self.dataset.name.encode())
             h.update(np.ascontiguousarray(self.dataset.images).data)
@@ -202,33 +202,20 @@ class FeatureCache:
             h.update(json.dumps(self.preprocessing, sort_keys=True).encode())
             self._dataset_key = h.hexdigest()
         key = hashlib.sha256(self._dataset_key.encode() + np.ascontiguousarray(idx, dtype=np.int64).data).hexdigest()[:24]
-        return self.dir / f"{kind}-{key}.safetensors"
-
-    def _get(self, kind: str, idx: np.ndarray) -> dict[str, torch.Tensor]:
-        idx = np.asarray(idx)
-        if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
-            raise ValueError(f"idx must be a 1-D integer array, got {idx.dtype} {idx.shape}")
-        path = self._path(kind, idx)
-        if path.is_file():
-            try:
-                return read_weights(path)
-            except CheckpointError as e:  # a cut or corrupted cache file: extract again
-                log.warning("feature cache: %s; extracting again", e)
-        images = self.dataset.images[idx]
-        if kind == "features":
-            tensors = {"features": extract(self.model, images, self.preprocessing, batch_size=self.batch_size)}
-        else:
-            _, tensors = extract(self.model, images, self.preprocessing, batch_size=self.batch_size, layers=True)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        save_tensors(path, tensors)
-        return tensors
+        return self.dir / f"features-{key}.safetensors"
 
     def features(self, idx: np.ndarray) -> torch.Tensor:
         """Penultimate features [len(idx), m] float32 of ``dataset.images[idx]``."""
-        return self._get("features", idx)["features"]
-
-    def layer_features(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
-        """Per-layer features of ``dataset.images[idx]``, as ``extract(..., layers=True)`` returns them, in stage order."""
-        tensors = self._get("layers", idx)  # safetensors does not keep the order: restore it
-        order = [f"{stage}/{variant}" for stage, _ in probe_layers(self.model) for variant in ("flat", "pooled")]
-        return {key: tensors[key] for key in order if key in tensors}
+        idx = np.asarray(idx)
+        if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError(f"idx must be a 1-D integer array, got {idx.dtype} {idx.shape}")
+        path = self._path(idx)
+        if path.is_file():
+            try:
+                return read_weights(path)["features"]
+            except CheckpointError as e:  # a cut or corrupted cache file: extract again
+                log.warning("feature cache: %s; extracting again", e)
+        features = extract(self.model, self.dataset.images[idx], self.preprocessing, batch_size=self.batch_size)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        save_tensors(path, {"features": features})
+        return features
