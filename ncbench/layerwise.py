@@ -34,7 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ncbench.features import extract
-from ncbench.metrics import ClassStatistics, check_eps, depth_of
+from ncbench.metrics import ClassStatistics, check_eps, depth_of, reaches_eps
 from ncbench.metrics.kernels import mean_over_pairs
 
 VARIANTS = ("flat", "pooled")
@@ -74,13 +74,21 @@ class LayerCurves:
 
     @property
     def depths(self) -> dict[str, int]:
-        """ε-effective depth (1-based) of each variant present, from the exact error counts."""
+        """ε-effective depth (1-based) of each variant present, from the exact error counts (L when no
+        layer reaches ε: see :attr:`reached`)."""
         out = {}
         for v in VARIANTS:
             rows = self.variant(v)
             if rows:
                 out[v] = depth_of([r["ncc_errors"] for r in rows], rows[0]["n"], self.eps)
         return out
+
+    @property
+    def reached(self) -> dict[str, bool]:
+        """Whether some layer of each variant reaches ε, so that depth L means "reached at the last layer"
+        rather than "never reached"."""
+        return {v: any(reaches_eps(r["ncc_errors"], r["n"], self.eps) for r in self.variant(v))
+                for v in VARIANTS if self.variant(v)}
 
 
 def _layers(features: torch.Tensor, taps: dict[str, torch.Tensor], variant: str) -> list[tuple[str, torch.Tensor]]:

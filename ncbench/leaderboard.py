@@ -27,7 +27,7 @@ KEY = ["task", "model", "source_classes", "seed", "head", "shots"]
 SOURCE_METRICS = ["source_train_acc", "source_test_acc", "cdnv_train", "cdnv_test", "nc1", "nc1_quotient",
                   "nc1_subset5", "nc_rank_limited", "nc2", "nc2_equinorm",
                   "nc2_equiangularity", "nc3", "nc4", "ncc_train_acc", "ncc_test_acc", "strong_test_collapse",
-                  "weak_test_collapse", "effective_depth"]
+                  "weak_test_collapse", "effective_depth", "effective_depth_reached"]
 PROVENANCE = ["episodes_hash", "config_hash", "checkpoint", "checkpoint_sha256", "ncbench_version", "git_commit",
               "torch_version", "device", "world_size", "date", "wall_time_s"]
 COLUMNS = (KEY + ["task_version", "backbone", "status", "ways", "queries", "acc_mean", "acc_ci95", "n_episodes",
@@ -37,7 +37,7 @@ INT_COLUMNS = ["source_classes", "seed", "task_version", "shots", "ways", "queri
 STR_COLUMNS = ["task", "model", "head", "backbone", "status", "episodes_hash", "config_hash", "checkpoint",
                "checkpoint_sha256", "ncbench_version", "git_commit", "torch_version", "device", "date", "error",
                "result_file"]
-BOOL_COLUMNS = ["nc_rank_limited"]
+BOOL_COLUMNS = ["nc_rank_limited", "effective_depth_reached"]
 FLOAT_FORMAT = "%.8g"
 
 

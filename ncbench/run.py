@@ -266,6 +266,7 @@ def run_unit(unit: Unit, opts: RunOptions) -> dict[str, Any]:
         source[name] = float((logits.argmax(1).numpy() == y).mean())
 
     source["effective_depth"] = feats.layers.depths["flat"]
+    source["effective_depth_reached"] = feats.layers.reached["flat"]
 
     # ---- target: collapse of the frozen features on unseen classes, and few-shot episodes
     tgt_idx, tgt_pool = target_indices(data), data.target_pool

@@ -84,6 +84,8 @@ def test_depth_uses_exact_counts_and_the_given_eps():
     assert LayerCurves(rows, 0.015).depths == {"flat": 2}
     assert LayerCurves(rows, 0.0).depths == {"flat": 4}
     assert LayerCurves(rows[:3], 0.0).depths == {"flat": 3}  # never reached: L
+    assert LayerCurves(rows, 0.0).reached == {"flat": True}  # reached at the last layer, L = 4
+    assert LayerCurves(rows[:3], 0.0).reached == {"flat": False}
 
 
 @pytest.mark.parametrize("change, message", [

@@ -42,6 +42,8 @@ def test_run_writes_results_and_leaderboard(tiny_task_file, opts, tmp_path):
     n_train = 4 * task.train_per_class
     assert all(l["n"] == n_train for l in rec["layers"])  # every source train image
     assert src["effective_depth"] == rec["training_curve"][-1]["effective_depth"]
+    flat = [l for l in rec["layers"] if l["variant"] == "flat"]
+    assert src["effective_depth_reached"] is any(l["ncc_errors"] <= task.layer_eps * l["n"] for l in flat)
     last = [r for r in csv.DictReader(open(next((opts.out / "checkpoints").glob("*s4-*")) / "layer_curve.csv"))
             if r["epoch"] == "2"]
     assert [(r["layer"], r["variant"], int(r["ncc_errors"])) for r in last] == \
