@@ -233,6 +233,7 @@ def unit_features(unit: Unit, opts: RunOptions, data: UnitData) -> UnitFeatures:
 
     ckpt_dir = pretrain_unit(unit, opts, data)
     model, card = load_checkpoint(ckpt_dir)
+    model = model.to(distributed.device())  # extraction and layer curves on the GPU when there is one
     cache = FeatureCache(Path(opts.out) / "features", model, card, data.dataset)
     ds = data.dataset
     layers = layer_collapse(model, ds.images[data.train_idx], np.searchsorted(data.classes, ds.labels[data.train_idx]),
