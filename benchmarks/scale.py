@@ -202,14 +202,13 @@ def rehearse(task_name: str, data_root: Path, device: torch.device, steps: int, 
     few images; ``max_forward``: see :func:`forward_stage`."""
     from ncbench import leaderboard
     from ncbench.backbones import build_backbone
-    from ncbench.data import load_dataset
     from ncbench.features import extract, preprocessing_of, to_input
     from ncbench.heads import build_head, episode_accuracy, mean_ci95
     from ncbench.layerwise import layer_collapse
     from ncbench.metrics import cdnv, collapse_report, ncc_accuracy
     from ncbench.pretrain import _make_classifier, _Net, _train_epoch
     from ncbench.results import write_result
-    from ncbench.run import RunOptions, norm_indices, plan_units, target_indices, unit_data
+    from ncbench.run import RunOptions, dataset_for, norm_indices, plan_units, target_indices, unit_data
     from ncbench.episodes import sample_episodes
     from ncbench.tasks import load_task
 
@@ -217,10 +216,10 @@ def rehearse(task_name: str, data_root: Path, device: torch.device, steps: int, 
     if small:
         task = dataclasses.replace(task, train_per_class=12, test_per_class=4)
     r = Rehearsal(device)
-    with r.stage("load + decode (real loader)"):
-        ds = load_dataset(task.dataset, root=str(data_root), **task.dataset_options)
-    r.stages[-1].images = len(ds.labels)
     opts = RunOptions(out=out, results=out / "results", data_root=str(data_root))
+    with r.stage("load + decode (real loader)"):
+        ds = dataset_for(task, opts.data_root)  # the pipeline's loader call (cached for unit_data below)
+    r.stages[-1].images = len(ds.labels)
     opts = dataclasses.replace(opts, source_classes=[source_classes] if source_classes else None)
     unit = max(plan_units(task, opts), key=lambda u: u.source_classes)
     with r.stage("pools, source draw, normalisation"):
