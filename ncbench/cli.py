@@ -15,6 +15,8 @@ import logging
 import sys
 from typing import Callable
 
+from ncbench.runtime import DEFAULT_MEMORY_GB, DEFAULT_TIMEOUT_S, keep_freed_memory
+
 log = logging.getLogger("ncbench")
 
 EPILOG_EXAMPLES = {
@@ -244,8 +246,6 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--leaderboards", default="leaderboards", help="folder of leaderboard CSVs (default: leaderboards)")
 
     def limits(p: argparse.ArgumentParser) -> None:
-        from ncbench.sandbox import DEFAULT_MEMORY_GB, DEFAULT_TIMEOUT_S
-
         p.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
                        help="wall-clock limit of an untrusted backbone's sandbox process, per job (default: %(default)g)")
         p.add_argument("--memory-gb", type=float, default=DEFAULT_MEMORY_GB, metavar="GB",
@@ -323,27 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _keep_freed_memory() -> None:
-    """Tell glibc's malloc to keep freed blocks instead of returning them to the OS after every
-    convolution: torch's CPU training otherwise spends about a fifth of its time in page faults
-    (measured here: 883 -> 1,127 images/s for Conv-4). A process setting, so the CLI makes it."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: serve blocks up to 1 GiB from the heap
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: do not trim the heap below 1 GiB of free space
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    _keep_freed_memory()
+    keep_freed_memory()
     from ncbench import distributed
 
     try:

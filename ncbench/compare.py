@@ -29,9 +29,10 @@ import numpy as np
 import pandas as pd
 
 from ncbench import leaderboard
-from ncbench.heads import mean_ci95
 from ncbench.registry import METRICS
-from ncbench.results import ResultError, atomic_write_text, load_result
+from ncbench.files import atomic_write_text
+from ncbench.results import ResultError, load_result
+from ncbench.stats import mean_ci95
 
 log = logging.getLogger(__name__)
 

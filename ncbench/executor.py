@@ -29,7 +29,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ncbench import distributed
-from ncbench.pretrain import THREADS_ENV, available_cpus, default_threads
+from ncbench.runtime import THREADS_ENV, available_cpus, default_workers, set_threads
 from ncbench.run import RunOptions, Unit, is_finished, plan_units, run_one, run_task
 from ncbench.tasks import Task
 
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 
 EXECUTORS = ("local", "slurm", "submitit-local")
 INSTALL_HINT = "pip install 'ncbench[slurm]'"
-THREADS_PER_WORKER = 4  # torch CPU threads per local worker when the machine has enough CPUs
 LOST = "lost"           # a unit whose job ended without writing a result (killed, cancelled, node failure)
 SUBMITTED = "submitted"
 
@@ -110,11 +109,6 @@ def import_submitit():
 
 
 # ----------------------------------------------------------------------------------------------- local
-def default_workers(units: int, cpus: int | None = None) -> int:
-    """Local workers for ``units`` units: one per THREADS_PER_WORKER CPUs, at least one."""
-    return max(1, min(units, (cpus or available_cpus()) // THREADS_PER_WORKER))
-
-
 def _log_to_stderr(level: int) -> None:
     """Log as the CLI does, with the process id: a worker's or a job's log is its stderr."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s",
@@ -122,10 +116,8 @@ def _log_to_stderr(level: int) -> None:
 
 
 def _init_worker(threads: int, log_level: int) -> None:
-    import torch
-
     os.environ.setdefault(THREADS_ENV, str(threads))  # a user's NCBENCH_THREADS wins; pretraining reads it
-    torch.set_num_threads(default_threads())          # and the rest of the unit uses the same
+    set_threads()                                     # and the rest of the unit uses the same
     _log_to_stderr(log_level)
 
 

@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
-from ncbench.results import atomic_write_text, iter_results
+from ncbench.files import atomic_write_text
+from ncbench.results import iter_results
 
 log = logging.getLogger(__name__)
 

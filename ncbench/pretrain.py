@@ -29,7 +29,6 @@ import io
 import json
 import logging
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,18 +42,9 @@ from tqdm.auto import tqdm
 
 from ncbench import distributed
 from ncbench.backbones import build_backbone
-from ncbench.checkpoint import (
-    CARD_FILE,
-    Card,
-    CheckpointError,
-    atomic_write,
-    read_card,
-    read_weights,
-    save_checkpoint,
-    save_tensors,
-    sha256_file,
-    write_json,
-)
+from ncbench.checkpoint import CARD_FILE, Card, CheckpointError, read_card, read_weights, save_checkpoint, save_tensors
+from ncbench.files import atomic_write, sha256_file, write_json
+from ncbench.runtime import set_threads
 from ncbench.data.base import ImageDataset
 from ncbench.features import extract, preprocessing_of, to_input
 from ncbench.layerwise import layer_collapse
@@ -193,30 +183,6 @@ def _deterministic() -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
-
-
-THREADS_ENV = "NCBENCH_THREADS"
-
-
-def available_cpus() -> int:
-    """The CPUs this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def default_threads() -> int:
-    """CPU threads for one training process when the recipe does not say (see ``PretrainConfig.num_threads``)."""
-    for name in (THREADS_ENV, "SLURM_CPUS_PER_TASK"):
-        value = os.environ.get(name, "")
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    local = os.environ.get("LOCAL_WORLD_SIZE", "")
-    return max(1, available_cpus() // (int(local) if local.isdigit() and int(local) > 0 else 1))
-
-
-def _set_threads(num_threads: int | None) -> None:
-    n = num_threads or default_threads()
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
 
 
 def _check_indices(name: str, idx: Any, n: int) -> np.ndarray:
@@ -470,7 +436,7 @@ def pretrain(
     if where.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / RUN_FILE, identity)
-    _set_threads(config.num_threads)
+    set_threads(config.num_threads)
 
     k = len(classes)
     images_t, labels_t = torch.from_numpy(train.images), torch.from_numpy(train.labels)

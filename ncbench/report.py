@@ -31,9 +31,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
 from ncbench import leaderboard
-from ncbench.checkpoint import atomic_write
 from ncbench.compare import HEADLINE, arrow
-from ncbench.results import ResultError, atomic_write_text, load_result
+from ncbench.files import atomic_write, atomic_write_text
+from ncbench.results import ResultError, load_result
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import logging
 from pathlib import Path
 from typing import Any, Iterator
 
-from ncbench.checkpoint import atomic_write
+from ncbench.files import atomic_write_text
 
 SCHEMA = 1
 STATUSES = ("ok", "failed")
@@ -34,12 +34,6 @@ log = logging.getLogger(__name__)
 
 class ResultError(ValueError):
     """A result file is missing fields, has wrong types, or is not valid JSON."""
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` atomically (temporary file, fsync, ``os.replace``), creating the folder."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(Path(path), text.encode())
 
 
 def result_path(results_dir: Path, unit: dict[str, Any]) -> Path:

@@ -41,11 +41,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ncbench import __version__, distributed
-from ncbench.checkpoint import git_commit
 from ncbench.episodes import draw_source_classes, sample_episodes, source_images, split_pools
 from ncbench.layerwise import LayerCurves, layer_collapse
 from ncbench.results import load_result, result_path, write_result, ResultError
-from ncbench.sandbox import DEFAULT_MEMORY_GB, DEFAULT_TIMEOUT_S, check_limits
+from ncbench.runtime import DEFAULT_MEMORY_GB, DEFAULT_TIMEOUT_S, check_limits, git_commit
 from ncbench.registry import HEADS
 from ncbench.tasks import Task
 
@@ -246,7 +245,8 @@ def run_unit(unit: Unit, opts: RunOptions) -> dict[str, Any]:
     The backbone's code runs in a sandbox process when :func:`isolated` says so; the rest runs here."""
     from ncbench import sandbox
     from ncbench.checkpoint import load_classifier, read_card
-    from ncbench.heads import build_head, episode_accuracy, mean_ci95
+    from ncbench.heads import build_head, episode_accuracy
+    from ncbench.stats import mean_ci95
     from ncbench.metrics import cdnv, collapse_report, ncc_accuracy
 
     t0 = time.perf_counter()

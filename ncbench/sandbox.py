@@ -30,15 +30,14 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from ncbench.files import atomic_write, write_json
+from ncbench.runtime import DEFAULT_MEMORY_GB, DEFAULT_TIMEOUT_S, check_limits, keep_freed_memory
+
 if TYPE_CHECKING:  # heavy imports stay inside the functions: the CLI reads the defaults below
     from ncbench.run import RunOptions, Unit, UnitFeatures
 
 log = logging.getLogger(__name__)
 
-# Sized for a 2-core, 24 GiB machine. The limit is on address space (RLIMIT_AS): importing torch and
-# starting its thread pools reserves about 4 GiB of it before any tensor exists, so 16 GB leaves about 12.
-DEFAULT_TIMEOUT_S = 7200.0
-DEFAULT_MEMORY_GB = 16.0
 JOB_FILE, OUTCOME_FILE, FEATURES_FILE = "job.json", "outcome.json", "features.safetensors"
 MEMORY_EXIT = 3  # the child's exit code when an allocation failed under the memory limit
 
@@ -54,13 +53,6 @@ def is_trusted(spec: str) -> bool:
     return isinstance(spec, str) and spec in BACKBONES
 
 
-def check_limits(timeout_s: Any, memory_gb: Any) -> None:
-    """Raise ValueError naming the option unless both limits are positive finite numbers."""
-    for name, v in (("timeout_s", timeout_s), ("memory_gb", memory_gb)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
-            raise ValueError(f"{name}: expected a positive number, got {v!r}")
-
-
 # ----------------------------------------------------------------------------------------- parent side
 def _unit_json(unit: "Unit", opts: "RunOptions") -> dict[str, Any]:
     return {"task": unit.task.raw, "task_path": unit.task.path, "model": unit.model, "backbone": unit.backbone,
@@ -72,8 +64,6 @@ def _unit_json(unit: "Unit", opts: "RunOptions") -> dict[str, Any]:
 def _run_job(job: dict[str, Any], spec: str, timeout_s: float, memory_gb: float, workdir_parent: Path,
              read: Callable[[Path], Any] = lambda d: None) -> Any:
     """Run ``job`` in a child process and return ``read(job folder)`` when it succeeds; else raise SandboxError."""
-    from ncbench.checkpoint import write_json
-
     check_limits(timeout_s, memory_gb)
     Path(workdir_parent).mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(dir=workdir_parent, prefix=".sandbox-"))
@@ -149,8 +139,6 @@ def save_features(path: Path, feats: "UnitFeatures") -> None:
     """Write a unit's features (train [n, m], test, target) as one safetensors file, its layer curves as
     JSON metadata."""
     import safetensors.torch
-
-    from ncbench.checkpoint import atomic_write
 
     tensors = {"train": feats.train, "test": feats.test, "target": feats.target}
     curves = {"rows": feats.layers.rows, "eps": feats.layers.eps}
@@ -245,8 +233,6 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Child entry point: ``python -m ncbench.sandbox JOB.json``. Returns the exit code."""
-    from ncbench.checkpoint import write_json
-    from ncbench.cli import _keep_freed_memory
 
     job_file = Path((sys.argv[1:] if argv is None else argv)[0])
     workdir = job_file.parent
@@ -256,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     logging.basicConfig(level=job["log_level"], format="%(asctime)s %(levelname)s %(name)s [sandbox]: %(message)s",
                         datefmt="%H:%M:%S")
-    _keep_freed_memory()
+    keep_freed_memory()
     try:
         JOBS[job["kind"]](job, workdir)
     except Exception as e:  # reported to the parent as data; the traceback goes to stderr

@@ -14,7 +14,8 @@ from conftest import board, options
 
 from ncbench import executor
 from ncbench.cli import main
-from ncbench.executor import LOST, ExecutorError, SlurmOptions, default_workers, execute
+from ncbench.executor import LOST, ExecutorError, SlurmOptions, execute
+from ncbench.runtime import default_workers
 from ncbench.results import result_path
 from ncbench.run import RunOptions, plan_units
 from ncbench.tasks import TaskError, load_task

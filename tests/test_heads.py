@@ -5,7 +5,8 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression, RidgeClassifier
 
-from ncbench.heads import LogisticHead, NCCHead, RidgeHead, episode_accuracy, mean_ci95
+from ncbench.heads import LogisticHead, NCCHead, RidgeHead, episode_accuracy
+from ncbench.stats import mean_ci95
 from ncbench.registry import HEADS
 
 
