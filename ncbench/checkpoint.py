@@ -46,7 +46,7 @@ class Card:
     ``preprocessing`` is ``{"image_size": [H, W], "channels": C, "mean": [C floats], "std": [C floats],
     "transform": {...}, "normalization": {"source": str, "images": n, "classes": k}}``: the dataset's
     transform record (:mod:`ncbench.data.transforms`) and where mean / std were computed
-    (:mod:`ncbench.features`); cards written before those two keys existed still load.
+    (:mod:`ncbench.data.preprocessing`); cards written before those two keys existed still load.
     """
 
     backbone: str

@@ -19,7 +19,6 @@ file (``failed_a`` / ``failed_b``, head and shots empty, with their ``error``): 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 from pathlib import Path
@@ -31,7 +30,7 @@ import pandas as pd
 from ncbench import leaderboard
 from ncbench.registry import METRICS
 from ncbench.files import atomic_write_text
-from ncbench.results import ResultError, load_result
+from ncbench.results import Result, ResultError, Status, load_result
 from ncbench.stats import mean_ci95
 
 log = logging.getLogger(__name__)
@@ -79,7 +78,7 @@ def _read_pair(a_path: Path, b_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         if len(tasks) != 1:
             raise ValueError(f"cannot compare {a_path} with {b_path}: {path} holds tasks {tasks} "
                              f"(expected the rows of exactly one task)")
-        ok = df[df["status"].eq("ok")]
+        ok = df[df["status"].eq(Status.OK.value)]
         dup = ok.duplicated(JOIN_KEY, keep=False)
         if dup.any():
             first = ok.loc[dup, JOIN_KEY].iloc[0].to_dict()
@@ -102,7 +101,7 @@ def _default_results_dirs(csv_path: Path) -> list[Path]:
     return list(dict.fromkeys(d.resolve() for d in dirs))
 
 
-def _per_episode(row: pd.Series, suffix: str, dirs: list[Path], cache: dict[Path, dict | None]) -> np.ndarray | None:
+def _per_episode(row: pd.Series, suffix: str, dirs: list[Path], cache: dict[Path, Result | None]) -> np.ndarray | None:
     """Per-episode accuracies ``[n] float`` of one leaderboard row, from the first results dir whose file at
     ``result_file`` is the row's own (same unit, head, shots, acc_mean and episodes); None when none is."""
     rel = row[f"result_file{suffix}"]
@@ -117,18 +116,17 @@ def _per_episode(row: pd.Series, suffix: str, dirs: list[Path], cache: dict[Path
                 log.warning("no per-episode data from %s", e)
                 cache[path] = None
         rec = cache[path]
-        if rec is None or rec["status"] != "ok":
+        if rec is None or not rec.ok:
             continue
-        unit = rec["unit"]
-        if (unit["model"], unit["source_classes"], unit["seed"]) != (row["model"], row["source_classes"], row["seed"]):
+        unit = rec.unit
+        if (unit.model, unit.source_classes, unit.seed) != (row["model"], row["source_classes"], row["seed"]):
             continue
-        digest = rec["provenance"].get("episodes", {}).get(str(row["shots"]))
-        if digest != row[f"episodes_hash{suffix}"]:
+        if rec.provenance.episodes.get(str(row["shots"])) != row[f"episodes_hash{suffix}"]:
             continue
-        for ep in rec["episodes"]:
-            if (ep["head"] == row["head"] and ep["shots"] == row["shots"]
-                    and math.isclose(ep["acc_mean"], row[f"acc_mean{suffix}"], rel_tol=ACC_REL_TOL, abs_tol=1e-12)):
-                return np.asarray(ep["per_episode"], dtype=np.float64)
+        for ep in rec.episodes:
+            if (ep.head == row["head"] and ep.shots == row["shots"]
+                    and math.isclose(ep.acc_mean, row[f"acc_mean{suffix}"], rel_tol=ACC_REL_TOL, abs_tol=1e-12)):
+                return np.asarray(ep.per_episode, dtype=np.float64)
     return None
 
 
@@ -168,7 +166,7 @@ def compare(a_path: Path, b_path: Path, *, results_dirs: list[Path] | None = Non
     carried = list(HEADLINE) + ["acc_ci95", "n_episodes", "episodes_hash", "result_file"]
     sides = []
     for df in (a, b):
-        ok = df[df["status"].eq("ok")]
+        ok = df[df["status"].eq(Status.OK.value)]
         sides.append(ok[JOIN_KEY + carried].assign(rank=_ranks(ok)))
     out = sides[0].merge(sides[1], on=JOIN_KEY, how="outer", suffixes=("_a", "_b"), indicator=True)
     merged = {"both": "both", "left_only": "only_a", "right_only": "only_b"}
@@ -185,7 +183,7 @@ def compare(a_path: Path, b_path: Path, *, results_dirs: list[Path] | None = Non
     if n_mismatch:
         log.warning("%d joined rows ran on different episodes (episodes_hash differs): tested from the CIs", n_mismatch)
 
-    cache: dict[Path, dict | None] = {}
+    cache: dict[Path, Result | None] = {}
     same = out["same_episodes"].fillna(False).astype(bool)
     out["test"] = pd.array([pd.NA] * len(out), dtype="string")
     out["acc_delta_ci95"] = np.nan
@@ -197,7 +195,7 @@ def compare(a_path: Path, b_path: Path, *, results_dirs: list[Path] | None = Non
     log.info("compared %d joined rows: %d paired, %d from the CIs, %d significant", int(both.sum()),
              int(out["test"].eq("paired").sum()), int(out["test"].eq("ci").sum()), int(out["significant"].sum()))
 
-    failed = [df.loc[df["status"].eq("failed"), ["model", "source_classes", "seed", "error"]].assign(status=s)
+    failed = [df.loc[df["status"].eq(Status.FAILED.value), ["model", "source_classes", "seed", "error"]].assign(status=s)
               for df, s in ((a, "failed_a"), (b, "failed_b"))]
     out = pd.concat([out, *failed], ignore_index=True)
     out["status"] = out["status"].astype("string")
@@ -259,14 +257,3 @@ def write_csv(df: pd.DataFrame, path: Path) -> Path:
     path = Path(path)
     atomic_write_text(path, df.to_csv(index=False, float_format=leaderboard.FLOAT_FORMAT, lineterminator="\n"))
     return path
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    """CLI entry: ``args.a``, ``args.b`` (CSV paths), ``args.out`` (optional CSV), ``args.results``
-    (optional list of results dirs). Prints the table; a bad input raises ValueError (exit code 2)."""
-    results = [Path(d) for d in args.results] if args.results else None
-    df = compare(args.a, args.b, results_dirs=results)
-    print(format_table(df))
-    if args.out:
-        print(f"wrote {write_csv(df, args.out)}")
-    return 0

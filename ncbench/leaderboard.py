@@ -11,6 +11,7 @@ Column meanings: ``leaderboards/README.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import pandas as pd
 from filelock import FileLock
 
 from ncbench.files import atomic_write_text
-from ncbench.results import iter_results
+from ncbench.results import Result, Status, iter_results
 
 log = logging.getLogger(__name__)
 
@@ -42,24 +43,19 @@ BOOL_COLUMNS = ["nc_rank_limited", "effective_depth_reached"]
 FLOAT_FORMAT = "%.8g"
 
 
-def rows_from_record(rec: dict[str, Any], result_file: str = "") -> list[dict[str, Any]]:
-    """Flatten one result record into leaderboard rows (dicts keyed by :data:`COLUMNS`)."""
-    unit, prov = rec["unit"], rec.get("provenance", {})
-    base = {k: unit[k] for k in ("task", "task_version", "model", "backbone", "source_classes", "seed", "config_hash")}
-    base.update({k: prov.get(k) for k in PROVENANCE if k not in ("episodes_hash", "config_hash")})
-    base["world_size"] = prov.get("world_size", 1)  # results written before multi-process training: one process
-    base.update(status=rec["status"], error=rec.get("error"), result_file=result_file)
-    if rec["status"] != "ok":
+def rows_from_record(rec: Result, result_file: str = "") -> list[dict[str, Any]]:
+    """Flatten one result into leaderboard rows (dicts keyed by :data:`COLUMNS`)."""
+    prov = rec.provenance
+    base = dataclasses.asdict(rec.unit)
+    base.update({k: getattr(prov, k) for k in PROVENANCE if k not in ("episodes_hash", "config_hash")})
+    base.update(status=rec.status.value, error=rec.error, result_file=result_file)
+    if not rec.ok:
         return [base]
-    src, tgt = rec["source"], rec["target"]
-    base.update({k: src.get(k) for k in SOURCE_METRICS})
-    base.update(target_cdnv=tgt.get("cdnv"), target_ncc_acc=tgt.get("ncc_acc"))
-    rows = []
-    for ep in rec["episodes"]:
-        rows.append({**base, "head": ep["head"], "shots": ep["shots"], "ways": ep["ways"], "queries": ep["queries"],
-                     "acc_mean": ep["acc_mean"], "acc_ci95": ep["acc_ci95"], "n_episodes": ep["n"],
-                     "episodes_hash": prov.get("episodes", {}).get(str(ep["shots"]))})
-    return rows
+    base.update({k: rec.source.get(k) for k in SOURCE_METRICS})
+    base.update(target_cdnv=rec.target.get("cdnv"), target_ncc_acc=rec.target.get("ncc_acc"))
+    return [{**base, "head": ep.head, "shots": ep.shots, "ways": ep.ways, "queries": ep.queries,
+             "acc_mean": ep.acc_mean, "acc_ci95": ep.acc_ci95, "n_episodes": ep.n,
+             "episodes_hash": prov.episodes.get(str(ep.shots))} for ep in rec.episodes]
 
 
 def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -86,7 +82,7 @@ def build(results_dir: Path, task: str) -> pd.DataFrame:
             rel = str(path)
         rows.extend(rows_from_record(rec, rel))
     df = to_frame(rows)
-    dup = df.duplicated(KEY, keep=False) & df["status"].eq("ok")
+    dup = df.duplicated(KEY, keep=False) & df["status"].eq(Status.OK.value)
     if dup.any():
         # two result files for one key: the same unit run with different configs (config_hash differs);
         # keep the newest and say so, instead of ranking both
@@ -120,7 +116,7 @@ def rebuild(results_dir: Path, leaderboards_dir: Path, tasks: list[str] | None =
             df = build(results_dir, task)
             atomic_write_text(path, to_csv_text(df))
         written.append(path)
-        log.info("leaderboard %s: %d rows (%d failed units)", written[-1], len(df), int(df["status"].eq("failed").sum()))
+        log.info("leaderboard %s: %d rows (%d failed units)", written[-1], len(df), int(df["status"].eq(Status.FAILED.value).sum()))
     return written
 
 

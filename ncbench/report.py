@@ -17,7 +17,7 @@ a logged note (also listed on the page), never a crash. Files are written atomic
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import html
 import io
 import logging
@@ -33,7 +33,7 @@ from matplotlib.ticker import NullLocator
 from ncbench import leaderboard
 from ncbench.compare import HEADLINE, arrow
 from ncbench.files import atomic_write, atomic_write_text
-from ncbench.results import ResultError, load_result
+from ncbench.results import Result, ResultError, Status, load_result
 
 log = logging.getLogger(__name__)
 
@@ -57,24 +57,24 @@ def accuracy_vs_source_classes(df: pd.DataFrame) -> pd.DataFrame:
     """Target few-shot accuracy over seeds from a leaderboard: one row per (model, head, shots,
     source_classes) with ``acc_mean`` (mean over seeds of the per-seed acc_mean), ``acc_mean_std`` and
     ``n_seeds``. Failed rows are ignored."""
-    return _over_seeds(df[df["status"].eq("ok")], "acc_mean", ["model", "head", "shots"])
+    return _over_seeds(df[df["status"].eq(Status.OK.value)], "acc_mean", ["model", "head", "shots"])
 
 
 def cdnv_vs_source_classes(df: pd.DataFrame) -> pd.DataFrame:
     """Target CDNV over seeds from a leaderboard: one row per (model, source_classes) with ``target_cdnv``,
     ``target_cdnv_std`` and ``n_seeds`` (the value is per unit, repeated on each head/shots row)."""
-    return _over_seeds(df[df["status"].eq("ok")], "target_cdnv", ["model"])
+    return _over_seeds(df[df["status"].eq(Status.OK.value)], "target_cdnv", ["model"])
 
 
-def layer_series(records: list[dict[str, Any]]) -> pd.DataFrame:
+def layer_series(records: list[Result]) -> pd.DataFrame:
     """Per-layer curves from result records: one row per (model, variant, depth, layer, source_classes) with
     ``ncc_error``, ``cdnv`` (means over seeds) and ``n_seeds``; ``depth`` is the 1-based position of the
     layer among the record's layers of that variant."""
     rows = []
     for rec in records:
-        unit = rec["unit"]
+        unit = dataclasses.asdict(rec.unit)
         depth: dict[str, int] = {}
-        for entry in rec.get("layers") or []:
+        for entry in rec.layers:
             depth[entry["variant"]] = depth.get(entry["variant"], 0) + 1
             rows.append({**{k: unit[k] for k in UNIT}, "variant": entry["variant"], "depth": depth[entry["variant"]],
                          "layer": entry["layer"], "ncc_error": entry["ncc_error"], "cdnv": entry["cdnv"]})
@@ -85,21 +85,22 @@ def layer_series(records: list[dict[str, Any]]) -> pd.DataFrame:
     return g[["ncc_error", "cdnv"]].mean().join(g["seed"].nunique().rename("n_seeds")).reset_index()
 
 
-def training_series(records: list[dict[str, Any]]) -> pd.DataFrame:
+def training_series(records: list[Result]) -> pd.DataFrame:
     """Collapse metrics over pretraining epochs: long format, one row per (model, source_classes, metric,
     epoch) with ``value`` (mean over seeds) and ``n_seeds``, for the :data:`CURVE_METRICS` present in the
     records' ``training_curve``. A checkpoint (``provenance.checkpoint``) is counted once even when several
     result files were evaluated from it."""
     rows, seen = [], set()
     for rec in records:
-        ckpt = rec["provenance"].get("checkpoint")
+        ckpt = rec.provenance.checkpoint
         if ckpt in seen:
             continue
         seen.add(ckpt)
-        for entry in rec.get("training_curve") or []:
+        unit = dataclasses.asdict(rec.unit)
+        for entry in rec.training_curve:
             for metric in CURVE_METRICS:
                 if entry.get(metric) is not None:
-                    rows.append({**{k: rec["unit"][k] for k in UNIT}, "metric": metric, "epoch": entry["epoch"],
+                    rows.append({**{k: unit[k] for k in UNIT}, "metric": metric, "epoch": entry["epoch"],
                                  "value": float(entry[metric])})
     keys = ["model", "source_classes", "metric", "epoch"]
     if not rows:
@@ -108,11 +109,11 @@ def training_series(records: list[dict[str, Any]]) -> pd.DataFrame:
     return g["value"].mean().to_frame().join(g["seed"].nunique().rename("n_seeds")).reset_index()
 
 
-def load_records(df: pd.DataFrame, results_dir: Path) -> list[dict[str, Any]]:
+def load_records(df: pd.DataFrame, results_dir: Path) -> list[Result]:
     """The finished result records a leaderboard's ``result_file`` column points at (each file once);
     files that are missing or invalid are logged and left out."""
     records = []
-    for rel in df.loc[df["status"].eq("ok"), "result_file"].dropna().unique():
+    for rel in df.loc[df["status"].eq(Status.OK.value), "result_file"].dropna().unique():
         try:
             records.append(load_result(Path(results_dir) / rel))
         except ResultError as e:
@@ -232,7 +233,7 @@ def _task_plots(task: str, df: pd.DataFrame, results_dir: Path,
         skip(f"no result files found under {results_dir} (layer and training curves)")
         return plots, notes
     layers, curves = layer_series(records), training_series(records)
-    for model in sorted(df.loc[df["status"].eq("ok"), "model"].unique()):
+    for model in sorted(df.loc[df["status"].eq(Status.OK.value), "model"].unique()):
         lm = layers[layers["model"].eq(model)]
         if len(lm):
             save(_plot_layers(lm, f"{task}: {model}, per-layer collapse (mean over seeds)"),
@@ -270,7 +271,7 @@ def _table_html(df: pd.DataFrame) -> str:
     for _, r in df.iterrows():
         cells = "".join(f'<td{" class=num" if numeric[c] else ""}>{html.escape(_cell(r[c], c))}</td>'
                         for c in TABLE_COLUMNS)
-        body.append(f'<tr{" class=failed" if r["status"] == "failed" else ""}>{cells}</tr>')
+        body.append(f'<tr{" class=failed" if r["status"] == Status.FAILED.value else ""}>{cells}</tr>')
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
@@ -326,10 +327,3 @@ def make_report(leaderboards_dir: Path, results_dir: Path, out_dir: Path, tasks:
     path = out_dir / "index.html"
     atomic_write_text(path, page)
     return path
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    """CLI entry: ``args.leaderboards``, ``args.results``, ``args.out`` (the report goes to
-    ``<out>/report/``) and ``args.task`` (optional list). Prints the HTML path."""
-    print(make_report(args.leaderboards, args.results, Path(args.out) / "report", args.task))
-    return 0

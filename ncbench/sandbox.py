@@ -18,6 +18,7 @@ Job folder (a fresh temporary folder under the run's ``out``, removed afterwards
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -28,13 +29,19 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
+import safetensors
+import safetensors.torch
+import torch
+
+from ncbench.backbones import BackboneError, build_backbone
 from ncbench.files import atomic_write, write_json
+from ncbench.layerwise import LayerCurves
+from ncbench.registry import BACKBONES
 from ncbench.runtime import DEFAULT_MEMORY_GB, DEFAULT_TIMEOUT_S, check_limits, keep_freed_memory
-
-if TYPE_CHECKING:  # heavy imports stay inside the functions: the CLI reads the defaults below
-    from ncbench.run import RunOptions, Unit, UnitFeatures
+from ncbench.tasks import parse_task
+from ncbench.unit import RunOptions, Unit, UnitFeatures, checkpoint_dir, features_here, pretrain_here, unit_data
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +55,11 @@ class SandboxError(ValueError):
 
 def is_trusted(spec: str) -> bool:
     """True for a backbone registered by ncbench itself (its code ships with the harness)."""
-    from ncbench.registry import BACKBONES
-
     return isinstance(spec, str) and spec in BACKBONES
 
 
 # ----------------------------------------------------------------------------------------- parent side
-def _unit_json(unit: "Unit", opts: "RunOptions") -> dict[str, Any]:
+def _unit_json(unit: Unit, opts: RunOptions) -> dict[str, Any]:
     return {"task": unit.task.raw, "task_path": unit.task.path, "model": unit.model, "backbone": unit.backbone,
             "backbone_options": unit.backbone_options, "source_classes": unit.source_classes, "seed": unit.seed,
             "config_hash": unit.config_hash, "out": str(Path(opts.out).resolve()),
@@ -107,8 +112,6 @@ def check_backbone(spec: str, options: dict[str, Any], *, timeout_s: float = DEF
     """``build_backbone(spec, **options)`` (resolve, build, validate on a dummy batch) in a child process.
     Any failure there (a BackboneError, a crash, a timeout, the memory limit) is raised here as BackboneError
     with the sandbox's message, so ``ncbench submit`` exits with 2 naming the spec."""
-    from ncbench.backbones.build import BackboneError
-
     try:
         _run_job({"kind": "check", "backbone": spec, "backbone_options": options}, spec, timeout_s, memory_gb,
                  workdir_parent)
@@ -116,30 +119,24 @@ def check_backbone(spec: str, options: dict[str, Any], *, timeout_s: float = DEF
         raise BackboneError(str(e)) from None
 
 
-def pretrain(unit: "Unit", opts: "RunOptions") -> Path:
-    """``run.pretrain_unit`` of an untrusted unit, in a child process; returns the checkpoint folder."""
-    from ncbench.run import checkpoint_dir
-
+def pretrain(unit: Unit, opts: RunOptions) -> Path:
+    """:func:`ncbench.unit.pretrain_here` of an untrusted unit, in a child process; returns the checkpoint folder."""
     _run_job({"kind": "pretrain", "unit": _unit_json(unit, opts)}, unit.backbone, opts.timeout_s, opts.memory_gb,
              opts.out)
     return checkpoint_dir(unit, opts)
 
 
-def unit_features(unit: "Unit", opts: "RunOptions") -> "UnitFeatures":
-    """``run.unit_features`` of an untrusted unit: pretraining and extraction run in a child process,
-    the features come back through ``features.safetensors``."""
-    from ncbench.run import checkpoint_dir
-
+def unit_features(unit: Unit, opts: RunOptions) -> UnitFeatures:
+    """:func:`ncbench.unit.features_here` of an untrusted unit: pretraining and extraction run in a child
+    process, the features come back through ``features.safetensors``."""
     return _run_job({"kind": "features", "unit": _unit_json(unit, opts)}, unit.backbone, opts.timeout_s,
                     opts.memory_gb, opts.out,
                     read=lambda d: load_features(d / FEATURES_FILE, checkpoint_dir(unit, opts)))
 
 
-def save_features(path: Path, feats: "UnitFeatures") -> None:
+def save_features(path: Path, feats: UnitFeatures) -> None:
     """Write a unit's features (train [n, m], test, target) as one safetensors file, its layer curves as
     JSON metadata."""
-    import safetensors.torch
-
     tensors = {"train": feats.train, "test": feats.test, "target": feats.target}
     curves = {"rows": feats.layers.rows, "eps": feats.layers.eps}
     data = safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()},
@@ -147,16 +144,10 @@ def save_features(path: Path, feats: "UnitFeatures") -> None:
     atomic_write(Path(path), data)
 
 
-def load_features(path: Path, checkpoint: Path) -> "UnitFeatures":
+def load_features(path: Path, checkpoint: Path) -> UnitFeatures:
     """Read back :func:`save_features` output (tensors and JSON only, nothing unpickled); checks names,
     shapes, that the values are finite float32 and that the layer curves are well-formed, raising
     SandboxError naming the file."""
-    import safetensors
-    import torch
-
-    from ncbench.layerwise import LayerCurves
-    from ncbench.run import UnitFeatures
-
     try:
         with safetensors.safe_open(str(path), framework="pt") as f:
             curves = json.loads((f.metadata() or {}).get("layer_curves", "null"))
@@ -180,10 +171,7 @@ def load_features(path: Path, checkpoint: Path) -> "UnitFeatures":
 
 
 # ------------------------------------------------------------------------------------------ child side
-def _unit_from_json(d: dict[str, Any]) -> tuple["Unit", "RunOptions"]:
-    from ncbench.run import RunOptions, Unit
-    from ncbench.tasks import parse_task
-
+def _unit_from_json(d: dict[str, Any]) -> tuple[Unit, RunOptions]:
     unit = Unit(parse_task(d["task"], d["task_path"]), d["model"], d["backbone"], d["backbone_options"],
                 d["source_classes"], d["seed"])
     if unit.config_hash != d["config_hash"]:
@@ -192,22 +180,16 @@ def _unit_from_json(d: dict[str, Any]) -> tuple["Unit", "RunOptions"]:
 
 
 def _job_check(job: dict[str, Any], workdir: Path) -> None:
-    from ncbench.backbones import build_backbone
-
     build_backbone(job["backbone"], **job["backbone_options"])
 
 
 def _job_pretrain(job: dict[str, Any], workdir: Path) -> None:
-    from ncbench.run import pretrain_unit
-
-    pretrain_unit(*_unit_from_json(job["unit"]))
+    pretrain_here(*_unit_from_json(job["unit"]))
 
 
 def _job_features(job: dict[str, Any], workdir: Path) -> None:
-    from ncbench.run import unit_data, unit_features
-
     unit, opts = _unit_from_json(job["unit"])
-    save_features(workdir / FEATURES_FILE, unit_features(unit, opts, unit_data(unit, opts)))
+    save_features(workdir / FEATURES_FILE, features_here(unit, opts, unit_data(unit, opts)))
 
 
 JOBS = {"check": _job_check, "pretrain": _job_pretrain, "features": _job_features}
@@ -221,8 +203,6 @@ def _is_memory_error(e: BaseException) -> bool:
 def _die_with_parent(parent_pid: int) -> None:
     """Linux: have the kernel SIGKILL this process when the harness dies (PR_SET_PDEATHSIG), so a killed
     run leaves no orphan still writing into its folders. Elsewhere a no-op."""
-    import ctypes
-
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
