@@ -93,5 +93,4 @@ METRICS: Registry = Registry("metric", populate="ncbench.metrics")
 
 register_dataset = DATASETS.register
 register_backbone = BACKBONES.register
-register_head = HEADS.register
 register_metric = METRICS.register

@@ -41,10 +41,9 @@ from tqdm.auto import tqdm
 from ncbench import __version__, distributed, sandbox
 from ncbench.checkpoint import load_classifier, read_card
 from ncbench.episodes import sample_episodes
-from ncbench.heads import build_head, episode_accuracy
+from ncbench.heads import build_head, episode_accuracy, head_label
 from ncbench.metrics import cdnv, collapse_report, ncc_accuracy
 from ncbench.pretrain import CURVE_FILE
-from ncbench.registry import HEADS
 from ncbench.data import TRAIN
 from ncbench.results import EpisodeScore, Provenance, Result, ResultError, Status, load_result, write_result
 from ncbench.runtime import git_commit
@@ -155,13 +154,6 @@ def run_unit(unit: Unit, opts: RunOptions) -> Result:
                           for r in feats.layers.rows],
                   episodes=episodes, source_classes=[data.dataset.class_names[c] for c in data.classes],
                   training_curve=training_curve(feats.checkpoint))
-
-
-def head_label(spec: dict[str, Any]) -> str:
-    """Leaderboard name of a head spec: its name, plus non-default options (``ridge`` / ``ridge-alpha10``)."""
-    defaults = HEADS.get(spec["name"]).defaults
-    return spec["name"] + "".join(f"-{k}{v}" for k, v in sorted(spec.items())
-                                  if k != "name" and not (k in defaults and v == defaults[k]))
 
 
 def provenance(unit: Unit, t0: float, checkpoint_sha256: str | None, episodes: dict[str, str],

@@ -23,6 +23,7 @@ import yaml
 from ncbench.backbones import is_user_spec
 from ncbench.data import dataset_options, load_dataset
 from ncbench.episodes import EpisodeError, sample_episodes, source_images, split_pools
+from ncbench.heads import head_options
 from ncbench.pretrain import PretrainConfig
 from ncbench.registry import BACKBONES, DATASETS, HEADS, METRICS, Registry
 
@@ -312,7 +313,7 @@ def _heads(c: _Checker, data: dict) -> list[dict[str, Any]]:
             continue
         c.name_in(HEADS, h["name"], f"heads[{i}].name")
         if h["name"] in HEADS:
-            allowed = HEADS.get(h["name"]).options
+            allowed = list(head_options(h["name"]))
             for k in sorted(set(h) - {"name"} - set(allowed)):
                 c.bad(f"heads[{i}].{k}", f"unknown option of head {h['name']!r}; known: {', '.join(allowed) or 'none'}")
         heads.append(dict(h))

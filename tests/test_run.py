@@ -197,12 +197,3 @@ def test_killed_run_resumes_to_the_same_leaderboard(tiny_task_file, tmp_path):
     clean = leaderboard.read(tmp_path / "clean" / "lb" / "tiny.csv")
     resumed = leaderboard.read(killed / "lb" / "tiny.csv")
     pd.testing.assert_frame_equal(clean[leaderboard.KEY + NUMBERS], resumed[leaderboard.KEY + NUMBERS])
-
-
-def test_head_label_names_only_non_default_options():
-    from ncbench.run import head_label
-
-    assert head_label({"name": "ridge", "alpha": 1.0}) == "ridge"
-    assert head_label({"name": "ridge", "alpha": 10}) == "ridge-alpha10"
-    assert head_label({"name": "logistic", "C": 1.0}) == "logistic"
-    assert head_label({"name": "logistic", "C": 0.5}) == "logistic-C0.5"
