@@ -61,6 +61,7 @@ RUN_FILE = "run.json"
 RESUME_DIR = "resume"
 CURVE_FILE = "curve.csv"
 LAYER_CURVE_FILE = "layer_curve.csv"
+LOOP_COLUMNS = ("epoch", "lr", "loss", "running_acc")  # curve.csv columns of every epoch; a tracker adds the rest
 
 
 def _is_int(v: Any) -> bool:
@@ -291,7 +292,7 @@ def _csv_bytes(rows: list[dict], lead: list[str]) -> bytes:
 def _write_curves(out_dir: Path, records: list[dict]) -> None:
     scalars = [{k: v for k, v in r.items() if k != "layers"} for r in records]
     layers = [{"epoch": r["epoch"], **lr} for r in records for lr in r.get("layers", [])]
-    atomic_write(out_dir / CURVE_FILE, _csv_bytes(scalars, ["epoch", "lr", "loss", "running_acc"]))
+    atomic_write(out_dir / CURVE_FILE, _csv_bytes(scalars, list(LOOP_COLUMNS)))
     if layers:
         atomic_write(out_dir / LAYER_CURVE_FILE, _csv_bytes(layers, ["epoch", "layer", "variant", "ncc_error", "ncc_errors", "n", "cdnv"]))
 

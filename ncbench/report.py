@@ -31,15 +31,26 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
 from ncbench import leaderboard
-from ncbench.compare import HEADLINE, arrow
+from ncbench.compare import arrow, headline
 from ncbench.files import atomic_write, atomic_write_text
+from ncbench.metrics.info import selected
 from ncbench.results import Result, ResultError, Status, load_result
 
 log = logging.getLogger(__name__)
 
-CURVE_METRICS = ("train_acc", "test_acc", "cdnv_train", "cdnv_test", "nc1", "nc2", "nc3", "nc4")
-TABLE_COLUMNS = (["model", "source_classes", "seed", "head", "shots", "status", "acc_mean", "acc_ci95", "n_episodes"]
-                 + [c for c in HEADLINE if c != "acc_mean"] + ["error"])
+
+
+def curve_metrics() -> list[str]:
+    """The training-curve values plotted over epochs: the curve names of the metric columns the registry
+    marks ``plot`` (``ncbench.metrics.Column``), in registration order."""
+    return [c.curve for m in selected() for c in m.columns if c.plot]
+
+
+def table_columns() -> list[str]:
+    """The leaderboard columns of the report's table: the row's key and status, the few-shot accuracy with
+    its CI and count, the other :func:`ncbench.compare.headline` columns, the error."""
+    return (["model", "source_classes", "seed", "head", "shots", "status", "acc_mean", "acc_ci95", "n_episodes"]
+            + headline()[1:] + ["error"])
 UNIT = ["model", "source_classes", "seed"]
 
 
@@ -87,10 +98,10 @@ def layer_series(records: list[Result]) -> pd.DataFrame:
 
 def training_series(records: list[Result]) -> pd.DataFrame:
     """Collapse metrics over pretraining epochs: long format, one row per (model, source_classes, metric,
-    epoch) with ``value`` (mean over seeds) and ``n_seeds``, for the :data:`CURVE_METRICS` present in the
+    epoch) with ``value`` (mean over seeds) and ``n_seeds``, for the :func:`curve_metrics` present in the
     records' ``training_curve``. A checkpoint (``provenance.checkpoint``) is counted once even when several
     result files were evaluated from it."""
-    rows, seen = [], set()
+    rows, seen, plotted = [], set(), curve_metrics()
     for rec in records:
         ckpt = rec.provenance.checkpoint
         if ckpt in seen:
@@ -98,7 +109,7 @@ def training_series(records: list[Result]) -> pd.DataFrame:
         seen.add(ckpt)
         unit = dataclasses.asdict(rec.unit)
         for entry in rec.training_curve:
-            for metric in CURVE_METRICS:
+            for metric in plotted:
                 if entry.get(metric) is not None:
                     rows.append({**{k: unit[k] for k in UNIT}, "metric": metric, "epoch": entry["epoch"],
                                  "value": float(entry[metric])})
@@ -182,7 +193,7 @@ def _plot_layers(curves: pd.DataFrame, title: str) -> Figure:
 
 
 def _plot_training(curves: pd.DataFrame, title: str) -> Figure:
-    metrics = [m for m in CURVE_METRICS if m in set(curves["metric"])]
+    metrics = [m for m in curve_metrics() if m in set(curves["metric"])]
     ncols = min(4, len(metrics))
     nrows = -(-len(metrics) // ncols)
     fig = Figure(figsize=(3.6 * ncols, 3.0 * nrows))
@@ -265,12 +276,13 @@ def _cell(value: Any, column: str) -> str:
 
 
 def _table_html(df: pd.DataFrame) -> str:
-    head = "".join(f"<th>{html.escape(f'{c} {arrow(c)}'.strip() if c in HEADLINE else c)}</th>" for c in TABLE_COLUMNS)
-    numeric = {c: pd.api.types.is_numeric_dtype(df[c]) for c in TABLE_COLUMNS}
+    shown, compared = table_columns(), headline()
+    head = "".join(f"<th>{html.escape(f'{c} {arrow(c)}'.strip() if c in compared else c)}</th>" for c in shown)
+    numeric = {c: pd.api.types.is_numeric_dtype(df[c]) for c in shown}
     body = []
     for _, r in df.iterrows():
         cells = "".join(f'<td{" class=num" if numeric[c] else ""}>{html.escape(_cell(r[c], c))}</td>'
-                        for c in TABLE_COLUMNS)
+                        for c in shown)
         body.append(f'<tr{" class=failed" if r["status"] == Status.FAILED.value else ""}>{cells}</tr>')
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 

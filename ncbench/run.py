@@ -7,7 +7,8 @@ A unit is one (task, model, source-class count s, seed). For each unit ``run_uni
 2. pretrains the backbone on them (or reuses / resumes the checkpoint in ``<out>/checkpoints``), normalised
    with mean / std of the source pool's TRAIN images (never the target pool's);
 3. extracts features once per (checkpoint, split) through the feature cache;
-4. computes source collapse (CDNV, NC1–NC4, weak/strong test collapse, accuracies), the layer-wise NCC-error
+4. computes the task's metrics (its ``metrics:`` list selects entries of the metric registry, each with its
+   columns): source collapse (CDNV, NC1–NC4, weak/strong test collapse, accuracies), the layer-wise NCC-error
    and CDNV curves with ε-effective depth, target CDNV and target NCC accuracy;
 5. evaluates every (head, shots) on the task's episodes — drawn from the task's episode seed only, so they
    are identical for every backbone and seed — keeping per-episode accuracies;
@@ -42,8 +43,8 @@ from ncbench import __version__, distributed, sandbox
 from ncbench.checkpoint import load_classifier, read_card
 from ncbench.episodes import sample_episodes
 from ncbench.heads import build_head, episode_accuracy, head_label
-from ncbench.metrics import cdnv, collapse_report, ncc_accuracy
-from ncbench.pretrain import CURVE_FILE
+from ncbench.metrics import SourceEvidence, TargetEvidence, evaluate
+from ncbench.pretrain import CURVE_FILE, LOOP_COLUMNS
 from ncbench.data import TRAIN
 from ncbench.results import EpisodeScore, Provenance, Result, ResultError, Status, load_result, write_result
 from ncbench.runtime import git_commit
@@ -67,12 +68,14 @@ def _number(v):
 
 
 def training_curve(ckpt_dir: Path) -> list[dict[str, Any]]:
-    """The tracked epochs of the checkpoint's ``curve.csv`` (collapse metrics during pretraining)."""
+    """The tracked epochs of the checkpoint's ``curve.csv``: the rows holding a tracked value beside the
+    training loop's own columns (collapse metrics during pretraining)."""
     path = Path(ckpt_dir) / CURVE_FILE
     if not path.is_file():
         return []
     df = pd.read_csv(path)
-    df = df[df["nc1"].notna()] if "nc1" in df else df.iloc[:0]
+    tracked = [c for c in df.columns if c not in LOOP_COLUMNS]
+    df = df[df[tracked].notna().any(axis=1)] if tracked else df.iloc[:0]
     return [{k: _number(v) for k, v in row.items() if not pd.isna(v)} for row in df.to_dict("records")]
 
 
@@ -99,26 +102,23 @@ def unit_features(unit: Unit, opts: RunOptions, data: UnitData) -> UnitFeatures:
     return sandbox.unit_features(unit, opts) if isolated(unit, opts) else features_here(unit, opts, data)
 
 
-def source_scores(data: UnitData, feats: UnitFeatures) -> dict[str, Any]:
-    """Collapse of the source TRAIN / TEST features, the classifier's accuracy and the ε-effective depth."""
-    y_train, y_test = data.source_labels(data.train_idx), data.source_labels(data.test_idx)
+def source_scores(task: Task, data: UnitData, feats: UnitFeatures) -> dict[str, Any]:
+    """The source- and layer-scope columns of the task's metrics: collapse of the source TRAIN / TEST
+    features and the classifier's accuracy (one shared pair of passes), and the ε-effective depth."""
     weight, bias = load_classifier(feats.checkpoint)
-    source = collapse_report(feats.train, y_train, feats.test, y_test, weight=weight, bias=bias)
-    for name, f, y in (("source_train_acc", feats.train, y_train), ("source_test_acc", feats.test, y_test)):
-        logits = f.double() @ weight.double().T + (0 if bias is None else bias.double())
-        source[name] = float((logits.argmax(1).numpy() == y).mean())
-    source["effective_depth"] = feats.layers.depths["flat"]
-    source["effective_depth_reached"] = feats.layers.reached["flat"]
+    evidence = SourceEvidence(feats.train, data.source_labels(data.train_idx), feats.test,
+                              data.source_labels(data.test_idx), weight=weight, bias=bias)
+    source = evaluate("source", evidence, task.metrics)
+    if feats.layers is not None:
+        source.update(evaluate("layer", feats.layers, task.metrics))
     return {k: _number(v) for k, v in source.items()}
 
 
-def target_scores(data: UnitData, feats: UnitFeatures) -> dict[str, Any]:
-    """Collapse of the frozen features on the unseen target classes (all target images)."""
-    f_tgt, y_tgt = feats.target, data.dataset.labels[target_indices(data)]
-    tgt_train = data.dataset.split[target_indices(data)] == TRAIN
-    target = {"cdnv": cdnv(f_tgt, y_tgt),
-              "ncc_acc": ncc_accuracy(f_tgt[tgt_train], y_tgt[tgt_train], f_tgt[~tgt_train], y_tgt[~tgt_train])}
-    return {k: _number(v) for k, v in target.items()}
+def target_scores(task: Task, data: UnitData, feats: UnitFeatures) -> dict[str, Any]:
+    """The target-scope columns of the task's metrics: the frozen features on every target-pool image."""
+    idx = target_indices(data)
+    evidence = TargetEvidence(feats.target, data.dataset.labels[idx], data.dataset.split[idx] == TRAIN)
+    return {k: _number(v) for k, v in evaluate("target", evidence, task.metrics).items()}
 
 
 def episode_scores(task: Task, data: UnitData, feats: UnitFeatures) -> tuple[list[EpisodeScore], dict[str, str]]:
@@ -149,9 +149,9 @@ def run_unit(unit: Unit, opts: RunOptions) -> Result:
     card = read_card(feats.checkpoint)
     episodes, digests = episode_scores(unit.task, data, feats)
     return Result(Status.OK, unit.key(), provenance(unit, t0, card.sha256, digests, card.device, card.world_size),
-                  source=source_scores(data, feats), target=target_scores(data, feats),
+                  source=source_scores(unit.task, data, feats), target=target_scores(unit.task, data, feats),
                   layers=[{k: _number(v) if k in ("ncc_error", "cdnv") else v for k, v in r.items()}
-                          for r in feats.layers.rows],
+                          for r in (feats.layers.rows if feats.layers is not None else [])],
                   episodes=episodes, source_classes=[data.dataset.class_names[c] for c in data.classes],
                   training_curve=training_curve(feats.checkpoint))
 

@@ -136,9 +136,9 @@ def unit_features(unit: Unit, opts: RunOptions) -> UnitFeatures:
 
 def save_features(path: Path, feats: UnitFeatures) -> None:
     """Write a unit's features (train [n, m], test, target) as one safetensors file, its layer curves as
-    JSON metadata."""
+    JSON metadata (``null`` when the unit computes none)."""
     tensors = {"train": feats.train, "test": feats.test, "target": feats.target}
-    curves = {"rows": feats.layers.rows, "eps": feats.layers.eps}
+    curves = None if feats.layers is None else {"rows": feats.layers.rows, "eps": feats.layers.eps}
     data = safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()},
                                   metadata={"layer_curves": json.dumps(curves)})
     atomic_write(Path(path), data)
@@ -150,7 +150,7 @@ def load_features(path: Path, checkpoint: Path) -> UnitFeatures:
     SandboxError naming the file."""
     try:
         with safetensors.safe_open(str(path), framework="pt") as f:
-            curves = json.loads((f.metadata() or {}).get("layer_curves", "null"))
+            curves = json.loads((f.metadata() or {}).get("layer_curves", '"missing"'))
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
         raise SandboxError(f"features file {str(path)!r} from the sandbox is unreadable: {type(e).__name__}: {e}") from e
@@ -164,7 +164,7 @@ def load_features(path: Path, checkpoint: Path) -> UnitFeatures:
         if not torch.isfinite(v).all():
             raise SandboxError(f"features file {str(path)!r}: {k} holds NaN or inf values")
     try:
-        layers = LayerCurves(curves["rows"], curves["eps"])
+        layers = None if curves is None else LayerCurves(curves["rows"], curves["eps"])
     except (TypeError, KeyError, ValueError) as e:
         raise SandboxError(f"features file {str(path)!r}: layer_curves metadata is malformed: {e}") from None
     return UnitFeatures(Path(checkpoint), tensors["train"], tensors["test"], layers, tensors["target"])

@@ -25,6 +25,7 @@ from ncbench.data import TRAIN, ImageDataset, load_dataset
 from ncbench.episodes import draw_source_classes, source_images, split_pools
 from ncbench.features import FeatureCache
 from ncbench.layerwise import LayerCurves, layer_collapse
+from ncbench.metrics import uses
 from ncbench.pretrain import pretrain
 from ncbench.results import UnitKey
 from ncbench.runtime import DEFAULT_MEMORY_GB, DEFAULT_TIMEOUT_S, check_limits
@@ -152,7 +153,7 @@ def pretrain_here(unit: Unit, opts: RunOptions, data: UnitData | None = None) ->
                     card_extra={"name": unit.checkpoint_name, "task": unit.task.name,
                                 "task_version": unit.task.version},
                     norm_idx=norm_indices(data), norm_source="source-pool train images",
-                    tracker=CollapseTracker(unit.task.layer_eps))
+                    tracker=CollapseTracker(unit.task.layer_eps, tuple(unit.task.metrics)))
 
 
 @dataclass(frozen=True)
@@ -163,16 +164,20 @@ class UnitFeatures:
     checkpoint: Path                  # the pretrained checkpoint folder
     train: torch.Tensor               # [s * train_per_class, m] source TRAIN images (UnitData.train_idx)
     test: torch.Tensor                # [s * test_per_class, m] source TEST images
-    layers: LayerCurves               # layer curves over every source TRAIN image (ncbench.layerwise)
+    layers: LayerCurves | None        # layer curves over every source TRAIN image (ncbench.layerwise); None
+                                      # when no metric of the task needs them
     target: torch.Tensor              # [n_target, m] every image of the target pool, in dataset order
 
 
 def features_here(unit: Unit, opts: RunOptions, data: UnitData) -> UnitFeatures:
-    """Pretrain (or reuse) the unit's checkpoint and extract its features, in this process."""
+    """Pretrain (or reuse) the unit's checkpoint and extract its features, in this process; the layer curves
+    only when a metric of the task has layer-scope columns (they stream every source TRAIN image twice)."""
     ckpt_dir = pretrain_here(unit, opts, data)
     model, card = load_checkpoint(ckpt_dir)
     cache = FeatureCache(Path(opts.out) / "features", model, card, data.dataset)
-    layers = layer_collapse(model, data.dataset.images[data.train_idx], data.source_labels(data.train_idx),
-                            card.preprocessing, unit.task.layer_eps)
+    layers = None
+    if uses("layer", unit.task.metrics):
+        layers = layer_collapse(model, data.dataset.images[data.train_idx], data.source_labels(data.train_idx),
+                                card.preprocessing, unit.task.layer_eps)
     return UnitFeatures(ckpt_dir, cache.features(data.train_idx), cache.features(data.test_idx), layers,
                         cache.features(target_indices(data)))
