@@ -62,14 +62,21 @@ OS_ERROR_HINTS = {
 
 
 # ------------------------------------------------------------------------------------------- commands
-def cmd_list(args: argparse.Namespace) -> int:
+def _task_names() -> list[str]:
     from ncbench.tasks import task_files  # lazy: start-up time
 
-    kinds: dict[str, Callable[[], list[str]]] = {
-        "datasets": DATASETS.names, "backbones": BACKBONES.names, "heads": HEADS.names,
-        "metrics": METRICS.names, "tasks": lambda: list(task_files()),
-    }
-    for name in kinds[args.kind]():
+    return list(task_files())
+
+
+# what `ncbench list KIND` prints
+LISTS: dict[str, Callable[[], list[str]]] = {
+    "datasets": DATASETS.names, "backbones": BACKBONES.names, "heads": HEADS.names, "metrics": METRICS.names,
+    "tasks": _task_names,
+}
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for name in LISTS[args.kind]():
         print(name)
     return 0
 
@@ -300,7 +307,7 @@ def _run_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _list_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("kind", choices=["datasets", "backbones", "heads", "metrics", "tasks"])
+    p.add_argument("kind", choices=list(LISTS))
 
 
 def _validate_parser(p: argparse.ArgumentParser) -> None:

@@ -197,6 +197,12 @@ def _check_indices(name: str, idx: Any, n: int) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+def source_labels(dataset: ImageDataset, idx: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Pretraining labels of ``dataset.images[idx]``: 0..s-1, the position of each image's class among the
+    sorted source ``classes`` (the classifier's rows follow the same order)."""
+    return np.searchsorted(classes, dataset.labels[idx])
+
+
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -387,15 +393,13 @@ def _plan_run(backbone: str, dataset: ImageDataset, train_idx: Any, test_idx: An
     classes = np.unique(dataset.labels[train_idx])
     if len(classes) < 2:
         raise ValueError(f"train_idx must cover at least 2 classes, got {len(classes)}")
-    train = LabelledImages(np.ascontiguousarray(dataset.images[train_idx]),
-                           np.searchsorted(classes, dataset.labels[train_idx]))
+    train = LabelledImages(np.ascontiguousarray(dataset.images[train_idx]), source_labels(dataset, train_idx, classes))
     test = None
     if test_idx is not None:
         test_idx = _check_indices("test_idx", test_idx, n)
-        test_labels = dataset.labels[test_idx]
-        if not np.isin(test_labels, classes).all():
+        if not np.isin(dataset.labels[test_idx], classes).all():
             raise ValueError("test_idx holds images of classes that are not in train_idx")
-        test = LabelledImages(np.ascontiguousarray(dataset.images[test_idx]), np.searchsorted(classes, test_labels))
+        test = LabelledImages(np.ascontiguousarray(dataset.images[test_idx]), source_labels(dataset, test_idx, classes))
     config = config.for_size(len(train_idx))
     options = {"in_channels": dataset.channels, "image_size": list(dataset.image_size), **(backbone_options or {})}
     if norm_idx is None:

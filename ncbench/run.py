@@ -41,11 +41,11 @@ from tqdm.auto import tqdm
 
 from ncbench import __version__, distributed, sandbox
 from ncbench.checkpoint import load_classifier, read_card
+from ncbench.data import TRAIN
 from ncbench.episodes import sample_episodes
 from ncbench.heads import build_head, episode_accuracy, head_label
 from ncbench.metrics import SourceEvidence, TargetEvidence, evaluate
 from ncbench.pretrain import CURVE_FILE, LOOP_COLUMNS
-from ncbench.data import TRAIN
 from ncbench.results import EpisodeScore, Provenance, Result, ResultError, Status, load_result, write_result
 from ncbench.runtime import git_commit
 from ncbench.stats import mean_ci95
@@ -54,6 +54,7 @@ from ncbench.unit import (RunOptions, Unit, UnitData, UnitFeatures, features_her
                           target_indices, unit_data)
 
 log = logging.getLogger(__name__)
+
 
 # --------------------------------------------------------------------------------------------- helpers
 def _number(v):

@@ -26,7 +26,7 @@ from ncbench.episodes import draw_source_classes, source_images, split_pools
 from ncbench.features import FeatureCache
 from ncbench.layerwise import LayerCurves, layer_collapse
 from ncbench.metrics import uses
-from ncbench.pretrain import pretrain
+from ncbench.pretrain import pretrain, source_labels
 from ncbench.results import UnitKey
 from ncbench.runtime import DEFAULT_MEMORY_GB, DEFAULT_TIMEOUT_S, check_limits
 from ncbench.tasks import Task
@@ -120,8 +120,8 @@ class UnitData:
     test_idx: np.ndarray       # [s * test_per_class]
 
     def source_labels(self, idx: np.ndarray) -> np.ndarray:
-        """Labels 0..s-1 (the source classes in sorted order, as in pretraining) of dataset indices ``idx``."""
-        return np.searchsorted(self.classes, self.dataset.labels[idx])
+        """Labels 0..s-1 of dataset indices ``idx``, as in pretraining (:func:`ncbench.pretrain.source_labels`)."""
+        return source_labels(self.dataset, idx, self.classes)
 
 
 def unit_data(unit: Unit, opts: RunOptions) -> UnitData:
