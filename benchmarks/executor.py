@@ -21,8 +21,8 @@ from pathlib import Path
 
 from ncbench.executor import execute
 from ncbench.leaderboard import build
-from ncbench.pretrain import THREADS_ENV, available_cpus
 from ncbench.run import RunOptions
+from ncbench.runtime import THREADS_ENV, available_cpus
 from ncbench.tasks import find_task
 
 

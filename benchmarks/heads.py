@@ -22,7 +22,8 @@ from sklearn.linear_model import LogisticRegression, RidgeClassifier
 from threadpoolctl import threadpool_limits
 
 from ncbench.episodes import sample_episodes
-from ncbench.heads import LogisticHead, NCCHead, RidgeHead, episode_accuracy, mean_ci95
+from ncbench.heads import LogisticHead, NCCHead, RidgeHead, episode_accuracy
+from ncbench.stats import mean_ci95
 
 
 def features(classes: int, per_class: int, dim: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -5,7 +5,7 @@
 
 Prints images/s of ``ncbench.pretrain.pretrain`` (tracking off) next to a bare
 forward/backward/step loop on the same model, data, batch size and number of steps (target ratio
->= 0.9), then ``ncbench.features.extract`` next to a bare ``model(x)`` loop, (best of --repeats runs each), then the tracked
+>= 0.9), then ``ncbench.backbones.extract`` next to a bare ``model(x)`` loop, (best of --repeats runs each), then the tracked
 source-train collapse curve of a conv4 run (accuracy, CDNV, NC1-NC4, effective depth).
 """
 
@@ -23,8 +23,10 @@ import torch
 from ncbench.backbones import build_backbone
 from ncbench.checkpoint import load_checkpoint
 from ncbench.data import TRAIN, load_dataset
-from ncbench.features import extract, preprocessing_of, to_input
+from ncbench.backbones import extract
+from ncbench.data.preprocessing import preprocessing_of, to_input
 from ncbench.pretrain import PretrainConfig, pretrain
+from ncbench.tracking import CollapseTracker
 
 
 def bare_training(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, config: PretrainConfig, k: int) -> float:
@@ -115,7 +117,8 @@ def main() -> None:
                               track_every=max(1, args.collapse_epochs // 4), num_threads=args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        out = pretrain(args.backbone, ds, train_idx, test_idx, collapse, Path(tmp) / "run", seed=0)
+        out = pretrain(args.backbone, ds, train_idx, test_idx, collapse, Path(tmp) / "run", seed=0,
+                       tracker=CollapseTracker())
         wall = time.perf_counter() - start
         rows = [r for r in csv.DictReader((out / "curve.csv").open()) if r["nc1"]]
     keys = ["train_acc", "test_acc", "cdnv_train", "nc1", "nc2", "nc3", "nc4", "effective_depth"]

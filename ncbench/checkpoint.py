@@ -14,9 +14,6 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import os
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,8 @@ from torch import nn
 
 import ncbench
 from ncbench.backbones import build_backbone
+from ncbench.files import atomic_write, sha256_file, write_json
+from ncbench.runtime import git_commit
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
@@ -35,17 +34,6 @@ CARD_FORMAT = 1
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, truncated, corrupted (sha256 mismatch) or inconsistent; names the file."""
-
-
-def git_commit() -> str | None:
-    """The commit of the git checkout holding the ncbench package, or None outside a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(ncbench.__file__).parent, capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
 
 
 @dataclass
@@ -58,7 +46,7 @@ class Card:
     ``preprocessing`` is ``{"image_size": [H, W], "channels": C, "mean": [C floats], "std": [C floats],
     "transform": {...}, "normalization": {"source": str, "images": n, "classes": k}}``: the dataset's
     transform record (:mod:`ncbench.data.transforms`) and where mean / std were computed
-    (:mod:`ncbench.features`); cards written before those two keys existed still load.
+    (:mod:`ncbench.data.preprocessing`); cards written before those two keys existed still load.
     """
 
     backbone: str
@@ -105,40 +93,11 @@ class Card:
         return cls(**{k: v for k, v in d.items() if k in names}, extra={k: v for k, v in d.items() if k not in names})
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.filename is None:  # e.g. a full disk: say which file was being written
-            raise OSError(e.errno, f"cannot write {str(path)!r}: {e.strerror or e}") from e
-        raise
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> str:
     """Atomically write ``tensors`` as safetensors; returns the file's sha256 (hex)."""
     data = safetensors.torch.save({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()})
     atomic_write(path, data)
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_weights(path: Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:

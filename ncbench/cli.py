@@ -5,6 +5,11 @@ names the file, field or argument and what was expected).
 
 Under ``torchrun --nproc-per-node=G -m ncbench pretrain|evaluate|run ...`` every process runs the command;
 they pretrain together (``ncbench.distributed``) and rank 0 alone writes results and prints.
+
+This module alone knows argparse: each ``cmd_*`` turns its arguments into the library's typed options
+(:class:`ncbench.unit.RunOptions`, :class:`ncbench.submit.Submission`, paths) and prints the outcome. The
+library modules beyond the registry and the result record are imported inside the commands, so ``ncbench --help`` and the commands that need no
+torch start in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -13,7 +18,15 @@ import argparse
 import errno
 import logging
 import sys
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from ncbench import __version__
+from ncbench.registry import BACKBONES, DATASETS, HEADS, METRICS
+from ncbench.results import Status
+from ncbench.runtime import DEFAULT_MEMORY_GB, DEFAULT_TIMEOUT_S, keep_freed_memory
 
 log = logging.getLogger("ncbench")
 
@@ -49,24 +62,28 @@ OS_ERROR_HINTS = {
 
 
 # ------------------------------------------------------------------------------------------- commands
-def cmd_list(args: argparse.Namespace) -> int:
-    from ncbench.registry import BACKBONES, DATASETS, HEADS, METRICS
-    from ncbench.tasks import task_files
+def _task_names() -> list[str]:
+    from ncbench.tasks import task_files  # lazy: start-up time
 
-    kinds: dict[str, Callable[[], list[str]]] = {
-        "datasets": DATASETS.names, "backbones": BACKBONES.names, "heads": HEADS.names,
-        "metrics": METRICS.names, "tasks": lambda: list(task_files()),
-    }
-    for name in kinds[args.kind]():
+    return list(task_files())
+
+
+# what `ncbench list KIND` prints
+LISTS: dict[str, Callable[[], list[str]]] = {
+    "datasets": DATASETS.names, "backbones": BACKBONES.names, "heads": HEADS.names, "metrics": METRICS.names,
+    "tasks": _task_names,
+}
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for name in LISTS[args.kind]():
         print(name)
     return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from ncbench.data import DatasetError
-    from pathlib import Path
-
-    from ncbench.tasks import TaskError, check_against_data, check_base, load_task
+    from ncbench.data import DatasetError  # lazy: start-up time
+    from ncbench.tasks import TaskError, check_against_data, check_base, load_task  # lazy: start-up time
 
     failed = 0
     for path in args.files:
@@ -91,9 +108,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
-def _options(pairs: list[str] | None, flag: str) -> dict:
-    import yaml
-
+def _options(pairs: list[str] | None, flag: str) -> dict[str, Any]:
+    """``KEY=VALUE`` flags (values read as YAML) as a dict; UsageError naming ``flag`` on a bad pair."""
     out = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
@@ -107,10 +123,8 @@ def _as_list(v):
     return v if v is None or isinstance(v, list) else [v]
 
 
-def _run_options(args: argparse.Namespace, **over):
-    from pathlib import Path
-
-    from ncbench.run import RunOptions
+def _run_options(args: argparse.Namespace):
+    from ncbench.unit import RunOptions  # lazy: start-up time
 
     return RunOptions(out=Path(args.out), results=Path(args.results), data_root=args.data_root,
                       backbone=getattr(args, "backbone", None),
@@ -120,13 +134,12 @@ def _run_options(args: argparse.Namespace, **over):
                       source_classes=_as_list(getattr(args, "source_classes", None)),
                       force=getattr(args, "force", False),
                       isolate=False if getattr(args, "trust_backbone", False) else None,
-                      **{k: getattr(args, k) for k in ("timeout_s", "memory_gb") if hasattr(args, k)},
-                      **over)
+                      **{k: getattr(args, k) for k in ("timeout_s", "memory_gb") if hasattr(args, k)})
 
 
 def _single_unit(args: argparse.Namespace):
-    from ncbench.run import plan_units
-    from ncbench.tasks import find_task
+    from ncbench.tasks import find_task  # lazy: start-up time
+    from ncbench.unit import plan_units  # lazy: start-up time
 
     task = find_task(args.task)
     opts = _run_options(args)
@@ -137,8 +150,8 @@ def _single_unit(args: argparse.Namespace):
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from ncbench import distributed
-    from ncbench.run import pretrain_unit
+    from ncbench import distributed  # lazy: start-up time
+    from ncbench.run import pretrain_unit  # lazy: start-up time
 
     unit, opts = _single_unit(args)
     path = pretrain_unit(unit, opts)
@@ -148,8 +161,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ncbench.results import write_result
-    from ncbench.run import pretrain_in_group, run_unit
+    from ncbench.results import write_result  # lazy: start-up time
+    from ncbench.run import pretrain_in_group, run_unit  # lazy: start-up time
 
     unit, opts = _single_unit(args)
     if pretrain_in_group(unit, opts):  # under torchrun: pretrain together, then rank 0 evaluates
@@ -157,126 +170,128 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from ncbench import distributed, leaderboard
-    from ncbench.executor import LOST, SUBMITTED, SlurmOptions, execute
-    from ncbench.tasks import find_task
-
-    task = find_task(args.task)
-    opts = _run_options(args)
-    slurm = None
-    if args.executor != "local":
-        slurm = SlurmOptions.from_task(task, **{k: getattr(args, k) for k in SlurmOptions.fields()})
-    statuses = execute(task, opts, args.executor, workers=args.workers, slurm=slurm, wait_for_jobs=not args.no_wait)
-    if not distributed.place().is_main:
-        return 0
-    submitted = [u for u, st in statuses if st == SUBMITTED]
-    if submitted:
-        print(f"submitted {len(submitted)} of {len(statuses)} units; when their jobs end, "
-              f"`ncbench leaderboard --task {task.name}` merges the results (the log names the job ids)")
-    elif not args.no_leaderboard:
-        leaderboard.rebuild(opts.results, args.leaderboards, [task.name])
-    failed = [u.checkpoint_name for u, st in statuses if st == "failed"]
-    lost = [u.checkpoint_name for u, st in statuses if st == LOST]
+def _report_statuses(statuses: list, what: str) -> int:
+    """Print the failed and lost units of ``statuses`` [(unit, Status)] to stderr; the exit code (0 or 1)."""
+    failed = [u.checkpoint_name for u, st in statuses if st == Status.FAILED]
+    lost = [u.checkpoint_name for u, st in statuses if st == Status.LOST]
     if failed:
-        print(f"{len(failed)} of {len(statuses)} units failed: {', '.join(failed)} (see the error column)",
-              file=sys.stderr)
+        print(f"{len(failed)} of {len(statuses)} units failed: {', '.join(failed)} ({what})", file=sys.stderr)
     if lost:
         print(f"{len(lost)} of {len(statuses)} units were lost with their process or job, without a result: "
               f"{', '.join(lost)} (run the same command again: it runs only the missing units)", file=sys.stderr)
     return 1 if failed or lost else 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from ncbench import distributed, leaderboard  # lazy: start-up time
+    from ncbench.executor import execute  # lazy: start-up time
+    from ncbench.tasks import find_task  # lazy: start-up time
+
+    task = find_task(args.task)
+    opts = _run_options(args)
+    slurm = None
+    if args.executor != "local":
+        slurm = task.slurm.override(**{k: getattr(args, k) for k in task.slurm.fields()})
+    statuses = execute(task, opts, args.executor, workers=args.workers, slurm=slurm, wait_for_jobs=not args.no_wait)
+    if not distributed.place().is_main:
+        return 0
+    submitted = [u for u, st in statuses if st == Status.SUBMITTED]
+    if submitted:
+        print(f"submitted {len(submitted)} of {len(statuses)} units; when their jobs end, "
+              f"`ncbench leaderboard --task {task.name}` merges the results (the log names the job ids)")
+    elif not args.no_leaderboard:
+        leaderboard.rebuild(opts.results, args.leaderboards, [task.name])
+    return _report_statuses(statuses, "see the error column")
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from ncbench import leaderboard
+    from ncbench import leaderboard  # lazy: start-up time
 
     for path in leaderboard.rebuild(args.results, args.leaderboards, args.task):
         print(path)
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ncbench.compare import compare, format_table, write_csv  # lazy: start-up time
+
+    df = compare(Path(args.a), Path(args.b), results_dirs=[Path(d) for d in args.results] if args.results else None)
+    print(format_table(df))
+    if args.out:
+        print(f"wrote {write_csv(df, Path(args.out))}")
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
-    from ncbench.submit import submit
+    from ncbench.submit import Submission, submit  # lazy: start-up time
 
-    return submit(args)
+    sub = Submission(args.spec, args.name, _options(args.backbone_option, "--backbone-option"), args.tasks, args.smoke)
+    outcome = submit(sub, _run_options(args), Path(args.leaderboards))
+    if outcome.smoke_failed:
+        print(f"smoke test failed for {', '.join(outcome.failed)}; errors in {outcome.results}", file=sys.stderr)
+        return 1
+    for path in outcome.leaderboards:
+        print(path)
+    if outcome.failed:
+        print(f"{len(outcome.failed)} units failed: {', '.join(outcome.failed)} (their rows say why)", file=sys.stderr)
+        return 1
+    return 0
 
 
-def _compare(args: argparse.Namespace) -> int:
-    from ncbench.compare import cmd_compare
+def cmd_report(args: argparse.Namespace) -> int:
+    from ncbench.report import make_report  # lazy: start-up time
 
-    return cmd_compare(args)
-
-
-def _report(args: argparse.Namespace) -> int:
-    from ncbench.report import cmd_report
-
-    return cmd_report(args)
+    print(make_report(Path(args.leaderboards), Path(args.results), Path(args.out) / "report", args.task))
+    return 0
 
 
 # ------------------------------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
-    from ncbench import __version__
+def _storage(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs", help="folder for checkpoints, the feature cache and reports (default: runs)")
+    p.add_argument("--results", default="leaderboards/results",
+                   help="folder of raw result files (default: leaderboards/results)")
+    p.add_argument("--leaderboards", default="leaderboards", help="folder of leaderboard CSVs (default: leaderboards)")
 
-    parser = argparse.ArgumentParser(prog="ncbench", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"ncbench {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help, epilog=EPILOG_EXAMPLES.get(name),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.set_defaults(func=func)
-        return p
+def _limits(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                   help="wall-clock limit of an untrusted backbone's sandbox process, per job (default: %(default)g)")
+    p.add_argument("--memory-gb", type=float, default=DEFAULT_MEMORY_GB, metavar="GB",
+                   help="address-space limit of that process (default: %(default)g)")
 
-    p = add("list", cmd_list, "list registered datasets, backbones, heads, metrics or task files")
-    p.add_argument("kind", choices=["datasets", "backbones", "heads", "metrics", "tasks"])
 
-    p = add("validate", cmd_validate, "check task files and report every problem (file: field: message)")
-    p.add_argument("files", nargs="+", metavar="FILE")
-    p.add_argument("--no-data", action="store_true",
-                   help="skip the checks that load the dataset (pool sizes, images per class)")
-    p.add_argument("--data-root", metavar="DIR", help="root folder of a real dataset, for the data checks")
+def _unit_args(p: argparse.ArgumentParser, grid: bool) -> None:
+    p.add_argument("task", help="task name (see `ncbench list tasks`) or path to a task YAML file")
+    p.add_argument("--backbone", metavar="SPEC",
+                   help="registered backbone, module:callable or file.py[:callable] (default: the task's)")
+    p.add_argument("--backbone-option", action="append", metavar="KEY=VALUE", help="backbone option (repeatable)")
+    p.add_argument("--model", metavar="NAME", help="leaderboard name of the model (default: the backbone)")
+    p.add_argument("--trust-backbone", action="store_true",
+                   help="run a file / module / entry-point backbone's code in this process instead of a sandbox "
+                        "(needed to pretrain it with torchrun)")
+    nargs = "+" if grid else None
+    p.add_argument("--source-classes", type=int, nargs=nargs, metavar="S",
+                   help="source-class counts (default: the task's list)" if grid else "source-class count")
+    p.add_argument("--seeds" if grid else "--seed", dest="seeds", type=int, nargs="+" if grid else None,
+                   metavar="N", help="pretraining seeds (default: the task's)")
+    p.add_argument("--data-root", metavar="DIR", help="root folder of a real dataset (sets dataset option root)")
+    _storage(p)
 
-    def storage(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--out", default="runs", help="folder for checkpoints, the feature cache and reports (default: runs)")
-        p.add_argument("--results", default="leaderboards/results",
-                       help="folder of raw result files (default: leaderboards/results)")
-        p.add_argument("--leaderboards", default="leaderboards", help="folder of leaderboard CSVs (default: leaderboards)")
 
-    def limits(p: argparse.ArgumentParser) -> None:
-        from ncbench.sandbox import DEFAULT_MEMORY_GB, DEFAULT_TIMEOUT_S
+SLURM_FLAGS = (("partition", str, "Slurm partition"), ("account", str, "Slurm account"), ("qos", str, "Slurm QOS"),
+               ("constraint", str, "Slurm node constraint"),
+               ("time-min", int, "time limit per unit, minutes (default: 240)"),
+               ("gpus", int, "GPUs per unit; more than 1 trains the unit with DDP (default: 0)"),
+               ("cpus", int, "CPUs (and torch threads) per process (default: 4)"),
+               ("mem-gb", float, "memory per unit's job, GB"),
+               ("max-parallel", int, "array tasks running at once (default: 32)"))
 
-        p.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
-                       help="wall-clock limit of an untrusted backbone's sandbox process, per job (default: %(default)g)")
-        p.add_argument("--memory-gb", type=float, default=DEFAULT_MEMORY_GB, metavar="GB",
-                       help="address-space limit of that process (default: %(default)g)")
 
-    def unit_args(p: argparse.ArgumentParser, grid: bool) -> None:
-        p.add_argument("task", help="task name (see `ncbench list tasks`) or path to a task YAML file")
-        p.add_argument("--backbone", metavar="SPEC",
-                       help="registered backbone, module:callable or file.py[:callable] (default: the task's)")
-        p.add_argument("--backbone-option", action="append", metavar="KEY=VALUE", help="backbone option (repeatable)")
-        p.add_argument("--model", metavar="NAME", help="leaderboard name of the model (default: the backbone)")
-        p.add_argument("--trust-backbone", action="store_true",
-                       help="run a file / module / entry-point backbone's code in this process instead of a sandbox "
-                            "(needed to pretrain it with torchrun)")
-        nargs = "+" if grid else None
-        p.add_argument("--source-classes", type=int, nargs=nargs, metavar="S",
-                       help="source-class counts (default: the task's list)" if grid else "source-class count")
-        p.add_argument("--seeds" if grid else "--seed", dest="seeds", type=int, nargs="+" if grid else None,
-                       metavar="N", help="pretraining seeds (default: the task's)")
-        p.add_argument("--data-root", metavar="DIR", help="root folder of a real dataset (sets dataset option root)")
-        storage(p)
-
-    p = add("pretrain", cmd_pretrain, "pretrain one unit (task, source-class count, seed) and print its checkpoint folder")
-    unit_args(p, grid=False)
-    p = add("evaluate", cmd_evaluate, "evaluate one unit (pretraining it first if needed) and write its result file")
-    unit_args(p, grid=False)
-    p = add("run", cmd_run, "run a task's grid of units end to end, skipping finished units, then rebuild its leaderboard")
-    unit_args(p, grid=True)
+def _run_parser(p: argparse.ArgumentParser) -> None:
+    _unit_args(p, grid=True)
     p.add_argument("--force", action="store_true", help="re-run units that already have a finished result")
     p.add_argument("--no-leaderboard", action="store_true", help="do not rebuild the leaderboard afterwards")
-    limits(p)
+    _limits(p)
     g = p.add_argument_group("executor", "where the units run (docs/scaling.md); Slurm options override the "
                                          "task file's slurm: block")
     g.add_argument("--executor", choices=["local", "slurm", "submitit-local"], default="local",
@@ -284,58 +299,81 @@ def build_parser() -> argparse.ArgumentParser:
                         "submitit; submitit-local: the same submission run as local subprocesses")
     g.add_argument("--workers", type=int, metavar="N",
                    help="local worker processes (default: one per 4 CPUs, at most one per unit)")
-    for name, kind, text in (("partition", str, "Slurm partition"), ("account", str, "Slurm account"),
-                             ("qos", str, "Slurm QOS"), ("constraint", str, "Slurm node constraint"),
-                             ("time-min", int, "time limit per unit, minutes (default: 240)"),
-                             ("gpus", int, "GPUs per unit; more than 1 trains the unit with DDP (default: 0)"),
-                             ("cpus", int, "CPUs (and torch threads) per process (default: 4)"),
-                             ("mem-gb", float, "memory per unit's job, GB"),
-                             ("max-parallel", int, "array tasks running at once (default: 32)")):
+    for name, kind, text in SLURM_FLAGS:
         g.add_argument(f"--{name}", dest=name.replace("-", "_"), type=kind, help=text,
                        metavar="N" if kind is not str else "NAME")
     g.add_argument("--no-wait", action="store_true",
                    help="submit and return (Slurm); merge later with `ncbench leaderboard`")
 
-    p = add("leaderboard", cmd_leaderboard, "rebuild leaderboard CSVs from the raw result files")
-    p.add_argument("--task", nargs="+", help="tasks to rebuild (default: every task with results)")
-    storage(p)
 
-    p = add("compare", _compare, "compare two leaderboard CSVs: deltas, rank changes and significance")
+def _list_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", choices=list(LISTS))
+
+
+def _validate_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--no-data", action="store_true",
+                   help="skip the checks that load the dataset (pool sizes, images per class)")
+    p.add_argument("--data-root", metavar="DIR", help="root folder of a real dataset, for the data checks")
+
+
+def _leaderboard_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", nargs="+", help="tasks to rebuild (default: every task with results)")
+    _storage(p)
+
+
+def _compare_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("a", metavar="A.csv")
     p.add_argument("b", metavar="B.csv")
     p.add_argument("--out", metavar="CSV", help="also write the comparison as CSV")
     p.add_argument("--results", nargs="+", metavar="DIR",
                    help="result folders holding per-episode data for paired tests (default: next to each CSV)")
 
-    p = add("submit", cmd_submit, "validate a backbone, run it on the leaderboard tasks and add its rows")
+
+def _submit_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="backbone: registered name, module:callable or file.py[:callable]")
     p.add_argument("--name", required=True, help="leaderboard name of the submission")
     p.add_argument("--tasks", nargs="+", help="tasks to run (default: every task with a leaderboard CSV)")
     p.add_argument("--smoke", action="store_true", help="run the tiny glyphs-smoke task first and stop on failure")
     p.add_argument("--backbone-option", action="append", metavar="KEY=VALUE", help="backbone option (repeatable)")
     p.add_argument("--data-root", metavar="DIR", help="root folder of a real dataset")
-    limits(p)
-    storage(p)
+    _limits(p)
+    _storage(p)
 
-    p = add("report", _report, "plots and an HTML page from the leaderboards and result files")
+
+def _report_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", nargs="+", help="tasks to report (default: all)")
-    storage(p)
+    _storage(p)
+
+
+# name -> (command, help, adds its arguments)
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable[[argparse.ArgumentParser], None]]] = {
+    "list": (cmd_list, "list registered datasets, backbones, heads, metrics or task files", _list_parser),
+    "validate": (cmd_validate, "check task files and report every problem (file: field: message)", _validate_parser),
+    "pretrain": (cmd_pretrain, "pretrain one unit (task, source-class count, seed) and print its checkpoint folder",
+                 lambda p: _unit_args(p, grid=False)),
+    "evaluate": (cmd_evaluate, "evaluate one unit (pretraining it first if needed) and write its result file",
+                 lambda p: _unit_args(p, grid=False)),
+    "run": (cmd_run, "run a task's grid of units end to end, skipping finished units, then rebuild its leaderboard",
+            _run_parser),
+    "leaderboard": (cmd_leaderboard, "rebuild leaderboard CSVs from the raw result files", _leaderboard_parser),
+    "compare": (cmd_compare, "compare two leaderboard CSVs: deltas, rank changes and significance", _compare_parser),
+    "submit": (cmd_submit, "validate a backbone, run it on the leaderboard tasks and add its rows", _submit_parser),
+    "report": (cmd_report, "plots and an HTML page from the leaderboards and result files", _report_parser),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ncbench", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"ncbench {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (func, text, add_arguments) in COMMANDS.items():
+        p = sub.add_parser(name, help=text, description=text, epilog=EPILOG_EXAMPLES.get(name),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(func=func)
+        add_arguments(p)
     return parser
-
-
-def _keep_freed_memory() -> None:
-    """Tell glibc's malloc to keep freed blocks instead of returning them to the OS after every
-    convolution: torch's CPU training otherwise spends about a fifth of its time in page faults
-    (measured here: 883 -> 1,127 images/s for Conv-4). A process setting, so the CLI makes it."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: serve blocks up to 1 GiB from the heap
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: do not trim the heap below 1 GiB of free space
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -343,8 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    _keep_freed_memory()
-    from ncbench import distributed
+    keep_freed_memory()
+    from ncbench import distributed  # lazy: start-up time (torch)
 
     try:
         with distributed.session() as where:

@@ -3,7 +3,8 @@
 Rows are joined on their key without the task (``model, source_classes, seed, head, shots``; finished
 rows only). For each joined row:
 
-- ``<col>_a``, ``<col>_b``, ``<col>_delta`` (B − A) for every :data:`HEADLINE` column;
+- ``<col>_a``, ``<col>_b``, ``<col>_delta`` (B − A) for every :func:`headline` column (the few-shot
+  accuracy and the metric columns the registry marks ``headline``);
 - ``rank_a``, ``rank_b``: rank of the model by ``acc_mean`` among the models of that file in the same
   (source_classes, seed, head, shots) group (1 = best, ties share the lower rank); ``rank_delta`` = B − A,
   so a negative value means the model moved up;
@@ -19,7 +20,6 @@ file (``failed_a`` / ``failed_b``, head and shots empty, with their ``error``): 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 from pathlib import Path
@@ -29,36 +29,36 @@ import numpy as np
 import pandas as pd
 
 from ncbench import leaderboard
-from ncbench.heads import mean_ci95
-from ncbench.registry import METRICS
-from ncbench.results import ResultError, atomic_write_text, load_result
+from ncbench.metrics import columns as metric_columns
+from ncbench.metrics import metric_of
+from ncbench.files import atomic_write_text
+from ncbench.results import Result, ResultError, Status, load_result
+from ncbench.stats import mean_ci95
 
 log = logging.getLogger(__name__)
 
 JOIN_KEY = [k for k in leaderboard.KEY if k != "task"]
 GROUP = [k for k in JOIN_KEY if k != "model"]
-# headline leaderboard column -> the registered metric whose direction it takes (None: an accuracy,
-# which is not a registered metric and is higher-is-better)
-HEADLINE: dict[str, str | None] = {
-    "acc_mean": None,
-    "target_ncc_acc": "ncc_accuracy",
-    "target_cdnv": "cdnv",
-    "cdnv_train": "cdnv",
-    "nc1": "nc1",
-    "source_test_acc": None,
-}
-PRINTED = ["acc_mean", "target_cdnv", "nc1"]  # the deltas format_table shows; the CSV has all of HEADLINE
+ACCURACY = "acc_mean"  # the few-shot accuracy: the column models are ranked by (higher is better)
+
+
+def headline() -> list[str]:
+    """The columns compared: the few-shot accuracy, then every metric column marked ``headline`` in the
+    metric registry (``ncbench.metrics.Column``), in leaderboard order."""
+    return [ACCURACY] + [c.name for c in metric_columns(("target", "source", "layer")) if c.headline]
+
+
 STATUSES = ("both", "only_a", "only_b", "failed_a", "failed_b")
 ACC_REL_TOL = 1e-6  # leaderboard floats are written with %.8g
 
 
 def higher_is_better(column: str) -> bool | None:
-    """Direction of a :data:`HEADLINE` column: the registered metric's ``higher_is_better``; True for an
-    accuracy; None when the metric is not registered (a diagnostic without a direction)."""
-    metric = HEADLINE[column]
-    if metric is None:
+    """Direction of a leaderboard column: True for the few-shot accuracy, else the ``higher_is_better`` of
+    the registered metric producing it (None: a diagnostic, or no metric produces it)."""
+    if column == ACCURACY:
         return True
-    return METRICS.get(metric).higher_is_better if metric in METRICS else None
+    info = metric_of(column)
+    return None if info is None else info.higher_is_better
 
 
 def arrow(column: str) -> str:
@@ -78,7 +78,7 @@ def _read_pair(a_path: Path, b_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         if len(tasks) != 1:
             raise ValueError(f"cannot compare {a_path} with {b_path}: {path} holds tasks {tasks} "
                              f"(expected the rows of exactly one task)")
-        ok = df[df["status"].eq("ok")]
+        ok = df[df["status"].eq(Status.OK.value)]
         dup = ok.duplicated(JOIN_KEY, keep=False)
         if dup.any():
             first = ok.loc[dup, JOIN_KEY].iloc[0].to_dict()
@@ -101,7 +101,7 @@ def _default_results_dirs(csv_path: Path) -> list[Path]:
     return list(dict.fromkeys(d.resolve() for d in dirs))
 
 
-def _per_episode(row: pd.Series, suffix: str, dirs: list[Path], cache: dict[Path, dict | None]) -> np.ndarray | None:
+def _per_episode(row: pd.Series, suffix: str, dirs: list[Path], cache: dict[Path, Result | None]) -> np.ndarray | None:
     """Per-episode accuracies ``[n] float`` of one leaderboard row, from the first results dir whose file at
     ``result_file`` is the row's own (same unit, head, shots, acc_mean and episodes); None when none is."""
     rel = row[f"result_file{suffix}"]
@@ -116,18 +116,17 @@ def _per_episode(row: pd.Series, suffix: str, dirs: list[Path], cache: dict[Path
                 log.warning("no per-episode data from %s", e)
                 cache[path] = None
         rec = cache[path]
-        if rec is None or rec["status"] != "ok":
+        if rec is None or not rec.ok:
             continue
-        unit = rec["unit"]
-        if (unit["model"], unit["source_classes"], unit["seed"]) != (row["model"], row["source_classes"], row["seed"]):
+        unit = rec.unit
+        if (unit.model, unit.source_classes, unit.seed) != (row["model"], row["source_classes"], row["seed"]):
             continue
-        digest = rec["provenance"].get("episodes", {}).get(str(row["shots"]))
-        if digest != row[f"episodes_hash{suffix}"]:
+        if rec.provenance.episodes.get(str(row["shots"])) != row[f"episodes_hash{suffix}"]:
             continue
-        for ep in rec["episodes"]:
-            if (ep["head"] == row["head"] and ep["shots"] == row["shots"]
-                    and math.isclose(ep["acc_mean"], row[f"acc_mean{suffix}"], rel_tol=ACC_REL_TOL, abs_tol=1e-12)):
-                return np.asarray(ep["per_episode"], dtype=np.float64)
+        for ep in rec.episodes:
+            if (ep.head == row["head"] and ep.shots == row["shots"]
+                    and math.isclose(ep.acc_mean, row[f"acc_mean{suffix}"], rel_tol=ACC_REL_TOL, abs_tol=1e-12)):
+                return np.asarray(ep.per_episode, dtype=np.float64)
     return None
 
 
@@ -135,7 +134,7 @@ def _per_episode(row: pd.Series, suffix: str, dirs: list[Path], cache: dict[Path
 def _ranks(ok: pd.DataFrame) -> pd.Series:
     """Rank of each row's model by acc_mean within its (source_classes, seed, head, shots) group."""
     return (ok.groupby(GROUP, dropna=False)["acc_mean"]
-            .rank(method="min", ascending=not higher_is_better("acc_mean"))
+            .rank(method="min", ascending=not higher_is_better(ACCURACY))
             .astype("Int64"))
 
 
@@ -164,15 +163,16 @@ def compare(a_path: Path, b_path: Path, *, results_dirs: list[Path] | None = Non
     dirs_a = list(results_dirs) if results_dirs is not None else _default_results_dirs(a_path)
     dirs_b = list(results_dirs) if results_dirs is not None else _default_results_dirs(b_path)
 
-    carried = list(HEADLINE) + ["acc_ci95", "n_episodes", "episodes_hash", "result_file"]
+    compared = headline()
+    carried = compared + ["acc_ci95", "n_episodes", "episodes_hash", "result_file"]
     sides = []
     for df in (a, b):
-        ok = df[df["status"].eq("ok")]
+        ok = df[df["status"].eq(Status.OK.value)]
         sides.append(ok[JOIN_KEY + carried].assign(rank=_ranks(ok)))
     out = sides[0].merge(sides[1], on=JOIN_KEY, how="outer", suffixes=("_a", "_b"), indicator=True)
     merged = {"both": "both", "left_only": "only_a", "right_only": "only_b"}
     out["status"] = out.pop("_merge").map(merged).astype("string")
-    for col in HEADLINE:
+    for col in compared:
         out[f"{col}_delta"] = out[f"{col}_b"] - out[f"{col}_a"]
     out["rank_delta"] = out["rank_b"] - out["rank_a"]
 
@@ -184,7 +184,7 @@ def compare(a_path: Path, b_path: Path, *, results_dirs: list[Path] | None = Non
     if n_mismatch:
         log.warning("%d joined rows ran on different episodes (episodes_hash differs): tested from the CIs", n_mismatch)
 
-    cache: dict[Path, dict | None] = {}
+    cache: dict[Path, Result | None] = {}
     same = out["same_episodes"].fillna(False).astype(bool)
     out["test"] = pd.array([pd.NA] * len(out), dtype="string")
     out["acc_delta_ci95"] = np.nan
@@ -196,7 +196,7 @@ def compare(a_path: Path, b_path: Path, *, results_dirs: list[Path] | None = Non
     log.info("compared %d joined rows: %d paired, %d from the CIs, %d significant", int(both.sum()),
              int(out["test"].eq("paired").sum()), int(out["test"].eq("ci").sum()), int(out["significant"].sum()))
 
-    failed = [df.loc[df["status"].eq("failed"), ["model", "source_classes", "seed", "error"]].assign(status=s)
+    failed = [df.loc[df["status"].eq(Status.FAILED.value), ["model", "source_classes", "seed", "error"]].assign(status=s)
               for df, s in ((a, "failed_a"), (b, "failed_b"))]
     out = pd.concat([out, *failed], ignore_index=True)
     out["status"] = out["status"].astype("string")
@@ -205,7 +205,7 @@ def compare(a_path: Path, b_path: Path, *, results_dirs: list[Path] | None = Non
            .drop(columns="_order").reset_index(drop=True))
     columns = (JOIN_KEY + ["status", "test", "significant", "acc_delta_ci95", "same_episodes",
                            "rank_a", "rank_b", "rank_delta", "acc_ci95_a", "acc_ci95_b", "n_episodes_a", "n_episodes_b"]
-               + [f"{c}_{s}" for c in HEADLINE for s in ("a", "b", "delta")]
+               + [f"{c}_{s}" for c in compared for s in ("a", "b", "delta")]
                + ["episodes_hash_a", "episodes_hash_b", "result_file_a", "result_file_b", "error"])
     return out[columns]
 
@@ -229,7 +229,7 @@ def format_table(df: pd.DataFrame) -> str:
                                                          both["significant"].fillna(False))],
         "test": both["test"].fillna(""),
         "rank A→B": [f"{_fmt(ra, 'd')}→{_fmt(rb, 'd')}" for ra, rb in zip(both["rank_a"], both["rank_b"])],
-        **{f"Δ{c} {arrow(c)}": both[f"{c}_delta"].map(lambda x: _fmt(x, "+.4g")) for c in PRINTED[1:]},
+        **{f"Δ{c} {arrow(c)}": both[f"{c}_delta"].map(lambda x: _fmt(x, "+.4g")) for c in headline()[1:]},
         "episodes": both["same_episodes"].eq(False).fillna(False).map({True: "differ", False: ""}),
     })
     parts = [table.to_string(index=False) if len(table) else "(no rows in both files)"]
@@ -241,7 +241,7 @@ def format_table(df: pd.DataFrame) -> str:
     if len(failed):
         columns = ["status", "model", "source_classes", "seed", "error"]
         parts.append("failed units:\n" + failed[columns].to_string(index=False))
-    sign = np.sign(both["acc_mean_delta"]) * (1 if higher_is_better("acc_mean") else -1)
+    sign = np.sign(both["acc_mean_delta"]) * (1 if higher_is_better(ACCURACY) else -1)
     sig = both["significant"].fillna(False).astype(bool)
     n = {k: int(mask.sum()) for k, mask in {
         "better": sig & (sign > 0), "worse": sig & (sign < 0), "paired": both["test"].eq("paired"),
@@ -258,14 +258,3 @@ def write_csv(df: pd.DataFrame, path: Path) -> Path:
     path = Path(path)
     atomic_write_text(path, df.to_csv(index=False, float_format=leaderboard.FLOAT_FORMAT, lineterminator="\n"))
     return path
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    """CLI entry: ``args.a``, ``args.b`` (CSV paths), ``args.out`` (optional CSV), ``args.results``
-    (optional list of results dirs). Prints the table; a bad input raises ValueError (exit code 2)."""
-    results = [Path(d) for d in args.results] if args.results else None
-    df = compare(args.a, args.b, results_dirs=results)
-    print(format_table(df))
-    if args.out:
-        print(f"wrote {write_csv(df, args.out)}")
-    return 0

@@ -18,103 +18,55 @@ the result folder, and ``ncbench leaderboard`` merges them (one row per unit, wh
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import logging
 import multiprocessing
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from ncbench import distributed
-from ncbench.pretrain import THREADS_ENV, available_cpus, default_threads
-from ncbench.run import RunOptions, Unit, is_finished, plan_units, run_one, run_task
-from ncbench.tasks import Task
+from ncbench.runtime import THREADS_ENV, available_cpus, default_workers, set_threads
+from ncbench.results import Status
+from ncbench.run import is_finished, run_one, run_task
+from ncbench.tasks import SlurmOptions, Task
+from ncbench.unit import RunOptions, Unit, plan_units
 
 log = logging.getLogger(__name__)
 
 EXECUTORS = ("local", "slurm", "submitit-local")
 INSTALL_HINT = "pip install 'ncbench[slurm]'"
-THREADS_PER_WORKER = 4  # torch CPU threads per local worker when the machine has enough CPUs
-LOST = "lost"           # a unit whose job ended without writing a result (killed, cancelled, node failure)
-SUBMITTED = "submitted"
 
 
 class ExecutorError(ValueError):
     """Bad executor options, or submitit missing (exit code 2)."""
 
 
-@dataclass(frozen=True)
-class SlurmOptions:
-    """Slurm resources of one unit's job (a task file's ``slurm:`` block; CLI flags override it).
-
-    partition/account/qos/constraint: passed to sbatch when set; time_min: the job's time limit in
-    minutes; gpus: GPUs per unit (> 1: that many tasks training with DDP); cpus: CPUs per task (its
-    torch threads, through ``SLURM_CPUS_PER_TASK``); mem_gb: memory per job; max_parallel: array tasks running at once."""
-
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
-    time_min: int = 240
-    gpus: int = 0
-    cpus: int = 4
-    mem_gb: float | None = None
-    max_parallel: int = 32
-
-    def __post_init__(self) -> None:
-        for name in ("partition", "account", "qos", "constraint"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, str) or not v):
-                raise ExecutorError(f"slurm.{name} (--{name}) must be a non-empty string, got {v!r}")
-        for name, low in (("time_min", 1), ("gpus", 0), ("cpus", 1), ("max_parallel", 1)):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < low:
-                raise ExecutorError(f"slurm.{name} (--{name.replace('_', '-')}) must be an integer >= {low}, got {v!r}")
-        if self.mem_gb is not None and (isinstance(self.mem_gb, bool) or not isinstance(self.mem_gb, (int, float))
-                                        or self.mem_gb <= 0):
-            raise ExecutorError(f"slurm.mem_gb (--mem-gb) must be a number > 0, got {self.mem_gb!r}")
-
-    @classmethod
-    def fields(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def from_task(cls, task: Task, **overrides: Any) -> "SlurmOptions":
-        """The task's ``slurm:`` block with the non-None ``overrides`` (CLI flags) on top."""
-        return cls(**{**task.slurm, **{k: v for k, v in overrides.items() if v is not None}})
-
-    def submitit_parameters(self, task: Task) -> dict[str, Any]:
-        """``AutoExecutor.update_parameters`` keywords (``slurm_*`` ones are ignored by the local executor)."""
-        tasks = max(1, self.gpus)
-        params: dict[str, Any] = {"name": f"ncbench-{task.name}", "timeout_min": self.time_min, "nodes": 1,
-                                  "tasks_per_node": tasks, "gpus_per_node": self.gpus, "cpus_per_task": self.cpus,
-                                  "slurm_array_parallelism": self.max_parallel}
-        if self.mem_gb is not None:
-            params["mem_gb"] = self.mem_gb
-        for name in ("partition", "account", "qos", "constraint"):
-            if getattr(self, name) is not None:
-                params[f"slurm_{name}"] = getattr(self, name)
-        return params
+def submitit_parameters(slurm: SlurmOptions, task: Task) -> dict[str, Any]:
+    """``AutoExecutor.update_parameters`` keywords for one unit's job (``slurm_*`` ones are ignored by the
+    local executor)."""
+    params: dict[str, Any] = {"name": f"ncbench-{task.name}", "timeout_min": slurm.time_min, "nodes": 1,
+                              "tasks_per_node": max(1, slurm.gpus), "gpus_per_node": slurm.gpus,
+                              "cpus_per_task": slurm.cpus, "slurm_array_parallelism": slurm.max_parallel}
+    if slurm.mem_gb is not None:
+        params["mem_gb"] = slurm.mem_gb
+    for name in ("partition", "account", "qos", "constraint"):
+        if getattr(slurm, name) is not None:
+            params[f"slurm_{name}"] = getattr(slurm, name)
+    return params
 
 
 def import_submitit():
     """submitit, or an :class:`ExecutorError` with the one-line install hint."""
     try:
-        import submitit
+        import submitit  # lazy: an optional dependency (the extra ncbench[slurm])
     except ImportError:
         raise ExecutorError(f"the slurm executors need submitit, which is not installed: {INSTALL_HINT}") from None
     return submitit
 
 
 # ----------------------------------------------------------------------------------------------- local
-def default_workers(units: int, cpus: int | None = None) -> int:
-    """Local workers for ``units`` units: one per THREADS_PER_WORKER CPUs, at least one."""
-    return max(1, min(units, (cpus or available_cpus()) // THREADS_PER_WORKER))
-
-
 def _log_to_stderr(level: int) -> None:
     """Log as the CLI does, with the process id: a worker's or a job's log is its stderr."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s",
@@ -122,18 +74,16 @@ def _log_to_stderr(level: int) -> None:
 
 
 def _init_worker(threads: int, log_level: int) -> None:
-    import torch
-
     os.environ.setdefault(THREADS_ENV, str(threads))  # a user's NCBENCH_THREADS wins; pretraining reads it
-    torch.set_num_threads(default_threads())          # and the rest of the unit uses the same
+    set_threads()                                     # and the rest of the unit uses the same
     _log_to_stderr(log_level)
 
 
-def _run_pool(units: list[Unit], opts: RunOptions, workers: int) -> list[str]:
+def _run_pool(units: list[Unit], opts: RunOptions, workers: int) -> list[Status]:
     threads = max(1, available_cpus() // workers)
     log.info("running %d units in %d worker processes (%s torch threads each)", len(units), workers,
              os.environ.get(THREADS_ENV, threads))
-    statuses = [LOST] * len(units)
+    statuses = [Status.LOST] * len(units)
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                                 initializer=_init_worker,
                                                 initargs=(threads, logging.getLogger().getEffectiveLevel())) as pool:
@@ -143,7 +93,7 @@ def _run_pool(units: list[Unit], opts: RunOptions, workers: int) -> list[str]:
             i = futures[future]
             try:
                 statuses[i] = future.result()
-            except concurrent.futures.process.BrokenProcessPool as e:  # a worker was killed: the unit stays LOST
+            except concurrent.futures.process.BrokenProcessPool as e:  # a worker was killed: the unit stays lost
                 log.error("unit %s: its worker process died (%s)", units[i].checkpoint_name, e)
     return statuses
 
@@ -157,7 +107,7 @@ class UnitJob:
     def __init__(self, opts: RunOptions):
         self.opts = opts
 
-    def __call__(self, unit: Unit) -> str:
+    def __call__(self, unit: Unit) -> Status:
         submitit = import_submitit()
         _log_to_stderr(logging.INFO)
         if submitit.JobEnvironment().num_tasks > 1:  # one task per GPU: a DDP process group
@@ -175,18 +125,18 @@ def submit(units: list[Unit], task: Task, opts: RunOptions, slurm: SlurmOptions,
     """Submit ``units`` as one job array (cluster ``"slurm"`` or ``"local"``); returns submitit jobs in order."""
     submitit = import_submitit()
     executor = submitit.AutoExecutor(folder=Path(opts.out) / "submitit", cluster=cluster)
-    executor.update_parameters(**slurm.submitit_parameters(task))
+    executor.update_parameters(**submitit_parameters(slurm, task))
     jobs = executor.map_array(UnitJob(opts), units)
     log.info("submitted %d units of %s as %s job(s) %s", len(units), task.name, cluster,
              ", ".join(sorted({str(j.job_id).split("_")[0] for j in jobs})))
     return jobs
 
 
-def wait(jobs: list, units: list[Unit]) -> list[str]:
+def wait(jobs: list, units: list[Unit]) -> list[Status]:
     """Each job's status; a job that ended without one (killed, cancelled, failed to start) is ``lost``."""
     submitit = import_submitit()
     index = {id(job): i for i, job in enumerate(jobs)}
-    statuses = [LOST] * len(jobs)
+    statuses = [Status.LOST] * len(jobs)
     for job in tqdm(submitit.helpers.as_completed(jobs, poll_frequency=2), total=len(jobs), desc="jobs", unit="job",
                     disable=None):
         i = index[id(job)]
@@ -200,7 +150,7 @@ def wait(jobs: list, units: list[Unit]) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ entry
 def execute(task: Task, opts: RunOptions, executor: str = "local", *, workers: int | None = None,
-            slurm: SlurmOptions | None = None, wait_for_jobs: bool = True) -> list[tuple[Unit, str]]:
+            slurm: SlurmOptions | None = None, wait_for_jobs: bool = True) -> list[tuple[Unit, Status]]:
     """Run the task's units that are not finished on ``executor``; return (unit, status) for every unit of
     the grid, finished ones included. Statuses: ``ok``, ``failed`` (the unit raised; its result file says
     why), ``lost`` (its process or job died before writing a result: run again to redo it) and, with
@@ -221,7 +171,7 @@ def execute(task: Task, opts: RunOptions, executor: str = "local", *, workers: i
     log.info("%s: %d units, %d finished, %d to run (%s executor)", task.name, len(units), len(units) - len(todo),
              len(todo), executor)
     if not todo:
-        return [(u, "ok") for u in units]
+        return [(u, Status.OK) for u in units]
     if executor == "local":
         workers = workers or default_workers(len(todo))
         if workers == 1:
@@ -230,8 +180,8 @@ def execute(task: Task, opts: RunOptions, executor: str = "local", *, workers: i
     else:
         if workers is not None:
             raise ExecutorError("workers applies to the local executor; Slurm runs max_parallel units at once")
-        jobs = submit(todo, task, opts, slurm or SlurmOptions.from_task(task),
+        jobs = submit(todo, task, opts, slurm or task.slurm,
                       "slurm" if executor == "slurm" else "local")
-        statuses = wait(jobs, todo) if wait_for_jobs else [SUBMITTED] * len(todo)
+        statuses = wait(jobs, todo) if wait_for_jobs else [Status.SUBMITTED] * len(todo)
     status_of = {u.checkpoint_name: st for u, st in zip(todo, statuses)}
-    return [(u, status_of.get(u.checkpoint_name, "ok")) for u in units]
+    return [(u, status_of.get(u.checkpoint_name, Status.OK)) for u in units]

@@ -20,6 +20,11 @@ weight ``[W, m]`` (one row per class, like sklearn's ``coef_``) and a bias ``[W]
   sees ``v = w_1 - w_0`` and its penalty is smallest at ``w_1 = -w_0 = v / 2``, where it equals ``|v|^2 / 4``,
   so the two-class softmax with ``C / 2`` is exactly sklearn's binary model.
 
+Each head class registers itself (:func:`register_head`) under the name tasks use (``ridge``, ``ncc``,
+``logistic``); its options are its constructor's keyword arguments, so centring and normalisation are
+options of one NCC head, not separate heads. ``ncc-cl2n`` is kept as an alias of ``ncc`` with
+``cl2n=True`` (older tasks and leaderboard rows use that name, and :func:`head_label` gives it back).
+
 Fits are computed in float64 (the inputs may be any float dtype) and checked against sklearn's float64
 solutions. The ridge dual form centres the n x n gram rather than X (no centred copy of the support set);
 its rounding grows like (|common mean| / spread)^2 * 1e-16, about 1e-11 for an offset 100 x the spread.
@@ -30,6 +35,7 @@ separate the top class (:func:`_certified_argmax`): the predictions are those of
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
@@ -39,7 +45,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ncbench.registry import HEADS, register_head
+from ncbench.registry import HEADS
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +105,24 @@ def _one_hot(labels: torch.Tensor, name: str) -> torch.Tensor:
 
 
 # -------------------------------------------------------------------------------------------------- heads
+def register_head(name: str, **fixed: Any):
+    """Class decorator: register a :class:`Head` class under ``name``, as timm registers models. With
+    ``fixed`` options the name is an alias of the class with those options set (``ncc-cl2n`` = ``ncc`` with
+    ``cl2n=True``): the registry entry is then ``functools.partial(cls, **fixed)``. A head's options are its
+    constructor's keyword arguments."""
+
+    def add(cls: type[Head]) -> type[Head]:
+        HEADS.register(name, functools.partial(cls, **fixed) if fixed else cls)
+        return cls
+
+    return add
+
+
+def _parts(entry: Any) -> tuple[type[Head], dict[str, Any]]:
+    """(head class, fixed options) of a registry entry."""
+    return (entry.func, dict(entry.keywords)) if isinstance(entry, functools.partial) else (entry, {})
+
+
 class Head:
     """A linear few-shot head: ``scores = transform(x) @ weight.T + bias``, prediction = argmax.
 
@@ -210,6 +234,7 @@ def _certified_argmax(weight: torch.Tensor, bias: torch.Tensor, query_x: torch.T
     return pred
 
 
+@register_head("ridge")
 class RidgeHead(Head):
     """Ridge regression onto one-hot targets with an unpenalised intercept (= sklearn ``RidgeClassifier``).
 
@@ -250,6 +275,8 @@ class RidgeHead(Head):
         return super().bytes_per_episode(n_support, n_query, dim, ways) + _F64 * extra
 
 
+@register_head("ncc")
+@register_head("ncc-cl2n", cl2n=True)  # SimpleShot CL2N: the old name, kept for tasks and rows
 class NCCHead(Head):
     """Nearest class mean (Euclidean); ``cl2n=True``: SimpleShot CL2N, ``x -> (x - center) / |x - center|``.
 
@@ -284,6 +311,7 @@ class NCCHead(Head):
         return 2 * means, -(means * means).sum(-1)
 
 
+@register_head("logistic")
 class LogisticHead(Head):
     """RFS logistic regression: L2-normalised features, sklearn ``LogisticRegression(C)`` objective.
 
@@ -372,42 +400,39 @@ class LogisticHead(Head):
 
 
 # ---------------------------------------------------------------------------------------------- registry
-def _build(name: str, cls: type, options: dict[str, Any], allowed: tuple[str, ...], **fixed: Any) -> Head:
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(f"head {name!r}: unknown option(s) {', '.join(map(repr, unknown))}; "
-                         f"known: {', '.join(allowed) or 'none'}")
-    return cls(**fixed, **options)
-
-
-def _register(name: str, cls: type, allowed: tuple[str, ...], doc: str, **fixed: Any) -> None:
-    """Register a factory ``(**options) -> head`` whose ``options`` attribute lists the accepted options."""
-    def factory(**options: Any) -> Head:
-        return _build(name, cls, options, allowed, **fixed)
-
-    factory.__name__, factory.__doc__, factory.options = name.replace("-", "_") + "_head", doc, allowed
-    params = inspect.signature(cls).parameters
-    factory.defaults = {k: params[k].default for k in allowed if params[k].default is not inspect.Parameter.empty}
-    register_head(name, factory)
-
-
-_register("ridge", RidgeHead, ("alpha",), "Options: ``alpha`` (float > 0, default 1.0).")
-_register("ncc", NCCHead, (), "No options.")
-_register("ncc-cl2n", NCCHead, ("center",),
-          "Options: ``center`` ([m] float, the source-train mean feature; required before fitting).", cl2n=True)
-_register("logistic", LogisticHead, ("C", "tol", "max_iter"),
-          "Options: ``C`` (float > 0, default 1.0), ``tol``, ``max_iter`` (Newton stopping rule).")
+def head_options(name: str) -> dict[str, Any]:
+    """Option -> default (``inspect.Parameter.empty`` when required) of the head registered as ``name``."""
+    return {k: p.default for k, p in inspect.signature(HEADS.get(name)).parameters.items()}
 
 
 def build_head(spec: dict[str, Any], **context: Any) -> Head:
     """A head from a task's spec ``{"name": ..., **options}``. ``context`` values (e.g. ``center``, the
-    source-train mean feature) are given to the heads that accept that option, unless the spec sets it."""
-    factory = HEADS.get(spec["name"])
+    source-train mean feature) are given to the heads that accept that option, unless the spec sets it.
+    An unknown option raises ValueError naming it and the known ones."""
+    allowed = head_options(spec["name"])
     options = {k: v for k, v in spec.items() if k != "name"}
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"head {spec['name']!r}: unknown option(s) {', '.join(map(repr, unknown))}; "
+                         f"known: {', '.join(allowed) or 'none'}")
     for key, value in context.items():
-        if key in factory.options:
+        if key in allowed:
             options.setdefault(key, value)
-    return factory(**options)
+    return HEADS.get(spec["name"])(**options)
+
+
+def head_label(spec: dict[str, Any]) -> str:
+    """Leaderboard name of a head spec: the most specific registered name of its class whose fixed options
+    the spec has (``{"name": "ncc", "cl2n": True}`` -> ``ncc-cl2n``), plus the options that differ from
+    that name's defaults (``ridge`` / ``ridge-alpha10``)."""
+    cls, fixed = _parts(HEADS.get(spec["name"]))
+    options = {**fixed, **{k: v for k, v in spec.items() if k != "name"}}
+    candidates = [(len(f), n) for n in HEADS.names() for c, f in [_parts(HEADS.get(n))]
+                  if c is cls and all(k in options and options[k] == v for k, v in f.items())]
+    name = max(candidates, key=lambda c: (c[0], c[1] == spec["name"]))[1]
+    defaults, fixed = head_options(name), _parts(HEADS.get(name))[1]
+    return name + "".join(f"-{k}{v}" for k, v in sorted(spec.items())
+                          if k != "name" and k not in fixed and not (k in defaults and v == defaults[k]))
 
 
 # ------------------------------------------------------------------------------------------- evaluation
@@ -468,20 +493,3 @@ def episode_accuracy(head: Head, features: Any, support: Any, support_labels: An
             bar.set_postfix(acc=f"{correct / (hi * n_q):.4f}", refresh=False)
     acc = (preds == qry_y).mean(axis=1, dtype=np.float64)
     return (acc, preds) if return_predictions else acc
-
-
-def mean_ci95(values: Any) -> tuple[float, float, int]:
-    """Mean and 95 % confidence half-width of the mean: ``1.96 * std / sqrt(n)``, std with ``ddof=1``.
-
-    values: [n] finite numbers (e.g. per-episode accuracies). The sample standard deviation (ddof=1) is
-    the unbiased-variance estimate used for a confidence interval of a mean; with n = 1 it is undefined
-    and ci95 is NaN. Returns (mean: float, ci95: float, n: int).
-    """
-    v = np.asarray(values, dtype=np.float64)
-    if v.ndim != 1 or v.size == 0:
-        raise ValueError(f"values: expected a non-empty 1-D array of numbers, got shape {v.shape}")
-    if not np.isfinite(v).all():
-        raise ValueError("values: contains NaN or infinite values")
-    n = int(v.size)
-    ci = 1.96 * float(v.std(ddof=1)) / math.sqrt(n) if n > 1 else math.nan
-    return float(v.mean()), ci, n

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ncbench.features import extract
+from ncbench.backbones import extract
 from ncbench.metrics import ClassStatistics, check_eps, depth_of, reaches_eps
 from ncbench.metrics.kernels import mean_over_pairs
 

@@ -6,12 +6,15 @@ written with a fixed format, so rebuilding from the same result files gives the 
 reads the result files and writes the file atomically while holding ``<task>.csv.lock``, so concurrent
 rebuilds cannot tear it, and none can overwrite a newer rebuild with rows read before it: every process
 writes its result file before rebuilding, so the last rebuild to take the lock holds every row.
-Column meanings: ``leaderboards/README.md``.
+Columns: :func:`columns` (the metric columns come from the metric registry); their meanings:
+``leaderboards/README.md``, checked against :func:`columns` by the tests.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -19,59 +22,65 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
-from ncbench.results import atomic_write_text, iter_results
+from ncbench.files import atomic_write_text
+from ncbench.metrics import columns as metric_columns
+from ncbench.results import Provenance, Result, Status, UnitKey, iter_results
 
 log = logging.getLogger(__name__)
 
 KEY = ["task", "model", "source_classes", "seed", "head", "shots"]
-SOURCE_METRICS = ["source_train_acc", "source_test_acc", "cdnv_train", "cdnv_test", "nc1", "nc1_quotient",
-                  "nc1_subset5", "nc_rank_limited", "nc2", "nc2_equinorm",
-                  "nc2_equiangularity", "nc3", "nc4", "ncc_train_acc", "ncc_test_acc", "strong_test_collapse",
-                  "weak_test_collapse", "effective_depth", "effective_depth_reached"]
-PROVENANCE = ["episodes_hash", "config_hash", "checkpoint", "checkpoint_sha256", "ncbench_version", "git_commit",
-              "torch_version", "device", "world_size", "date", "wall_time_s"]
-COLUMNS = (KEY + ["task_version", "backbone", "status", "ways", "queries", "acc_mean", "acc_ci95", "n_episodes",
-                  "target_cdnv", "target_ncc_acc"] + SOURCE_METRICS + PROVENANCE + ["error", "result_file"])
-INT_COLUMNS = ["source_classes", "seed", "task_version", "shots", "ways", "queries", "n_episodes", "effective_depth",
-               "world_size"]
-STR_COLUMNS = ["task", "model", "head", "backbone", "status", "episodes_hash", "config_hash", "checkpoint",
-               "checkpoint_sha256", "ncbench_version", "git_commit", "torch_version", "device", "date", "error",
-               "result_file"]
-BOOL_COLUMNS = ["nc_rank_limited", "effective_depth_reached"]
 FLOAT_FORMAT = "%.8g"
 
 
-def rows_from_record(rec: dict[str, Any], result_file: str = "") -> list[dict[str, Any]]:
-    """Flatten one result record into leaderboard rows (dicts keyed by :data:`COLUMNS`)."""
-    unit, prov = rec["unit"], rec.get("provenance", {})
-    base = {k: unit[k] for k in ("task", "task_version", "model", "backbone", "source_classes", "seed", "config_hash")}
-    base.update({k: prov.get(k) for k in PROVENANCE if k not in ("episodes_hash", "config_hash")})
-    base["world_size"] = prov.get("world_size", 1)  # results written before multi-process training: one process
-    base.update(status=rec["status"], error=rec.get("error"), result_file=result_file)
-    if rec["status"] != "ok":
+def _kind(annotation: Any) -> type:
+    """int, float or str: the leaderboard type of a typed field (``int``, ``float | None``, ``str | None``)."""
+    args = typing.get_args(annotation) or (annotation,)
+    return next((k for k in (bool, int, float) if k in args), str)
+
+
+def columns() -> dict[str, type]:
+    """Every leaderboard column, in order, with its type (str, int, float or bool): the key, the unit and
+    episode columns, the metric columns of the registry (``ncbench.metrics.columns``: target scope, then
+    source and layer scopes, each in registration order), the provenance (:class:`ncbench.results.Provenance`),
+    then ``error`` and ``result_file``. Derived at call time, so a metric registered later has its columns."""
+    unit = typing.get_type_hints(UnitKey)
+    out = {k: _kind(unit.get(k, int if k == "shots" else str)) for k in KEY}
+    out.update(task_version=int, backbone=str, status=str, ways=int, queries=int, acc_mean=float, acc_ci95=float,
+               n_episodes=int)
+    out.update({c.name: c.kind for c in metric_columns(("target", "source", "layer"))})
+    out.update(episodes_hash=str, config_hash=str)
+    out.update({k: _kind(t) for k, t in typing.get_type_hints(Provenance).items() if k != "episodes"})
+    out.update(error=str, result_file=str)
+    return out
+
+
+def rows_from_record(rec: Result, result_file: str = "") -> list[dict[str, Any]]:
+    """Flatten one result into leaderboard rows (dicts keyed by :func:`columns`)."""
+    prov = rec.provenance
+    base = {**dataclasses.asdict(rec.unit), **{k: v for k, v in dataclasses.asdict(prov).items() if k != "episodes"}}
+    base.update(status=rec.status.value, error=rec.error, result_file=result_file)
+    if not rec.ok:
         return [base]
-    src, tgt = rec["source"], rec["target"]
-    base.update({k: src.get(k) for k in SOURCE_METRICS})
-    base.update(target_cdnv=tgt.get("cdnv"), target_ncc_acc=tgt.get("ncc_acc"))
-    rows = []
-    for ep in rec["episodes"]:
-        rows.append({**base, "head": ep["head"], "shots": ep["shots"], "ways": ep["ways"], "queries": ep["queries"],
-                     "acc_mean": ep["acc_mean"], "acc_ci95": ep["acc_ci95"], "n_episodes": ep["n"],
-                     "episodes_hash": prov.get("episodes", {}).get(str(ep["shots"]))})
-    return rows
+    for c in metric_columns(("target", "source", "layer")):
+        base[c.name] = (rec.target if c.scope == "target" else rec.source).get(c.key)
+    return [{**base, "head": ep.head, "shots": ep.shots, "ways": ep.ways, "queries": ep.queries,
+             "acc_mean": ep.acc_mean, "acc_ci95": ep.acc_ci95, "n_episodes": ep.n,
+             "episodes_hash": prov.episodes.get(str(ep.shots))} for ep in rec.episodes]
 
 
 def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Rows -> typed, sorted DataFrame with exactly :data:`COLUMNS` (nullable ints, strings, floats)."""
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    for c in INT_COLUMNS:
-        df[c] = pd.array(df[c], dtype="Int64")
-    for c in STR_COLUMNS:
-        df[c] = df[c].astype("string")
-    for c in BOOL_COLUMNS:
-        df[c] = df[c].astype("boolean")
-    for c in set(COLUMNS) - set(INT_COLUMNS) - set(STR_COLUMNS) - set(BOOL_COLUMNS):
-        df[c] = pd.to_numeric(df[c]).astype("float64")
+    """Rows -> typed, sorted DataFrame with exactly the :func:`columns` (nullable ints, strings, booleans, floats)."""
+    kinds = columns()
+    df = pd.DataFrame(rows, columns=list(kinds))
+    for c, kind in kinds.items():
+        if kind is int:
+            df[c] = pd.array(df[c], dtype="Int64")
+        elif kind is str:
+            df[c] = df[c].astype("string")
+        elif kind is bool:
+            df[c] = df[c].astype("boolean")
+        else:
+            df[c] = pd.to_numeric(df[c]).astype("float64")
     return df.sort_values(KEY, na_position="first", kind="mergesort").reset_index(drop=True)
 
 
@@ -85,7 +94,7 @@ def build(results_dir: Path, task: str) -> pd.DataFrame:
             rel = str(path)
         rows.extend(rows_from_record(rec, rel))
     df = to_frame(rows)
-    dup = df.duplicated(KEY, keep=False) & df["status"].eq("ok")
+    dup = df.duplicated(KEY, keep=False) & df["status"].eq(Status.OK.value)
     if dup.any():
         # two result files for one key: the same unit run with different configs (config_hash differs);
         # keep the newest and say so, instead of ranking both
@@ -119,7 +128,7 @@ def rebuild(results_dir: Path, leaderboards_dir: Path, tasks: list[str] | None =
             df = build(results_dir, task)
             atomic_write_text(path, to_csv_text(df))
         written.append(path)
-        log.info("leaderboard %s: %d rows (%d failed units)", written[-1], len(df), int(df["status"].eq("failed").sum()))
+        log.info("leaderboard %s: %d rows (%d failed units)", written[-1], len(df), int(df["status"].eq(Status.FAILED.value).sum()))
     return written
 
 
@@ -131,20 +140,21 @@ def read(path: Path) -> pd.DataFrame:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise ValueError(f"{path}: cannot read leaderboard CSV ({e})") from None
-    missing = [c for c in COLUMNS if c not in df.columns]
+    kinds = columns()
+    missing = [c for c in kinds if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing leaderboard columns {missing} (expected the columns of leaderboards/README.md)")
-    for c in BOOL_COLUMNS:
+    for c in (c for c, kind in kinds.items() if kind is bool):
         bad = df[c].notna() & ~df[c].isin(["True", "False"])
         if bad.any():
             raise ValueError(f"{path}: column {c!r}: expected True or False, got {df.loc[bad, c].iloc[0]!r} "
                              f"(row {int(bad.idxmax()) + 2})")
         df[c] = df[c].map({"True": True, "False": False})
-    for c in set(COLUMNS) - set(STR_COLUMNS) - set(BOOL_COLUMNS):
+    for c in (c for c, kind in kinds.items() if kind in (int, float)):
         conv = pd.to_numeric(df[c], errors="coerce")
         bad = (conv.isna() & df[c].notna()) | np.isinf(conv)
         kind = "numbers"
-        if c in INT_COLUMNS:
+        if kinds[c] is int:
             bad |= conv.notna() & (conv % 1 != 0)
             kind = "integers"
         if bad.any():

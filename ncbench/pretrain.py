@@ -13,10 +13,14 @@ batch of ``batch_size`` images. BatchNorm statistics are per process, so the wei
 identical with, single-process training. Rank 0 alone tracks collapse and writes files; the card records
 ``world_size`` and ``device``.
 
+Pretraining trains; a :class:`Tracker` given by the caller watches (``ncbench.tracking.CollapseTracker``
+measures the task's collapse metrics), so this module needs neither features nor metrics.
+
 Files in ``out_dir``: ``run.json`` (what the run is), ``resume/`` (last epoch state, removed at the end),
-``curve.csv`` (one row per epoch: lr, loss, running accuracy, and at tracked epochs accuracy, CDNV,
-NC1–NC4 of source train/test features, effective depth), ``layer_curve.csv`` (long form: epoch, layer,
-variant, ncc_error, ncc_errors, n, cdnv per probed layer; see ``ncbench.layerwise``), then ``model.safetensors`` and ``card.json`` (see ncbench.checkpoint).
+``curve.csv`` (one row per epoch: lr, loss, running accuracy, and at tracked epochs the tracker's row:
+accuracy, CDNV, NC1–NC4 of source train/test features, effective depth), ``layer_curve.csv`` (long form:
+epoch, layer, variant, ncc_error, ncc_errors, n, cdnv per probed layer; see ``ncbench.layerwise``), then
+``model.safetensors`` and ``card.json`` (see ncbench.checkpoint).
 """
 
 from __future__ import annotations
@@ -29,11 +33,10 @@ import io
 import json
 import logging
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -42,23 +45,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ncbench import distributed
-from ncbench.backbones import build_backbone
-from ncbench.checkpoint import (
-    CARD_FILE,
-    Card,
-    CheckpointError,
-    atomic_write,
-    read_card,
-    read_weights,
-    save_checkpoint,
-    save_tensors,
-    sha256_file,
-    write_json,
-)
+from ncbench.backbones import build_backbone, extract
+from ncbench.checkpoint import CARD_FILE, Card, CheckpointError, read_card, read_weights, save_checkpoint, save_tensors
 from ncbench.data.base import ImageDataset
-from ncbench.features import extract, preprocessing_of, to_input
-from ncbench.layerwise import layer_collapse
-from ncbench.metrics import check_eps, collapse_report
+from ncbench.data.preprocessing import preprocessing_of, to_input
+from ncbench.files import atomic_write, sha256_file, write_json
+from ncbench.runtime import set_threads
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +61,7 @@ RUN_FILE = "run.json"
 RESUME_DIR = "resume"
 CURVE_FILE = "curve.csv"
 LAYER_CURVE_FILE = "layer_curve.csv"
+LOOP_COLUMNS = ("epoch", "lr", "loss", "running_acc")  # curve.csv columns of every epoch; a tracker adds the rest
 
 
 def _is_int(v: Any) -> bool:
@@ -195,30 +188,6 @@ def _deterministic() -> Iterator[None]:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
-THREADS_ENV = "NCBENCH_THREADS"
-
-
-def available_cpus() -> int:
-    """The CPUs this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def default_threads() -> int:
-    """CPU threads for one training process when the recipe does not say (see ``PretrainConfig.num_threads``)."""
-    for name in (THREADS_ENV, "SLURM_CPUS_PER_TASK"):
-        value = os.environ.get(name, "")
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    local = os.environ.get("LOCAL_WORLD_SIZE", "")
-    return max(1, available_cpus() // (int(local) if local.isdigit() and int(local) > 0 else 1))
-
-
-def _set_threads(num_threads: int | None) -> None:
-    n = num_threads or default_threads()
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-
-
 def _check_indices(name: str, idx: Any, n: int) -> np.ndarray:
     arr = np.asarray(idx)
     if arr.ndim != 1 or len(arr) == 0 or not np.issubdtype(arr.dtype, np.integer):
@@ -226,6 +195,12 @@ def _check_indices(name: str, idx: Any, n: int) -> np.ndarray:
     if arr.min() < 0 or arr.max() >= n:
         raise ValueError(f"{name} must index the dataset's {n} images, got values in {arr.min()}..{arr.max()}")
     return arr.astype(np.int64)
+
+
+def source_labels(dataset: ImageDataset, idx: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Pretraining labels of ``dataset.images[idx]``: 0..s-1, the position of each image's class among the
+    sorted source ``classes`` (the classifier's rows follow the same order)."""
+    return np.searchsorted(classes, dataset.labels[idx])
 
 
 def _digest(obj: Any) -> str:
@@ -280,11 +255,24 @@ class _Resume:
 
 
 @dataclass
-class _Split:
-    """Images uint8 [N, H, W, C] and labels int64 [N] in 0..s-1."""
+class LabelledImages:
+    """Images uint8 [N, H, W, C] and labels int64 [N] in 0..s-1 (the source classes in sorted order)."""
 
     images: np.ndarray
     labels: np.ndarray
+
+
+class Tracker(Protocol):
+    """What watches collapse during pretraining (``ncbench.tracking.CollapseTracker``): called on rank 0
+    before training and at every tracked epoch with the model, its classifier, the source TRAIN and TEST
+    images and the preprocessing; returns (scalar row, per-layer rows) for ``curve.csv`` and
+    ``layer_curve.csv``. ``identity``: what it records, part of the run's identity (a run resumed with
+    another tracker would mix curves)."""
+
+    identity: dict[str, Any]
+
+    def __call__(self, model: nn.Module, head: nn.Linear, train: LabelledImages, test: LabelledImages | None,
+                 preprocessing: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]: ...
 
 
 def _classifier_tensors(head: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -295,24 +283,6 @@ def _accuracy(head: nn.Linear, features: torch.Tensor, labels: np.ndarray) -> fl
     """Classifier accuracy on features [N, m] with labels [N] in 0..s-1."""
     with torch.inference_mode():
         return float((head(features.to(head.weight.device)).argmax(1).cpu().numpy() == labels).mean())
-
-
-def _track(model: nn.Module, head: nn.Linear, train: _Split, test: _Split | None, pp: dict,
-           eps: float) -> tuple[dict, list[dict]]:
-    """Collapse metrics at one epoch: (scalar row, per-layer rows of ``ncbench.layerwise``)."""
-    weight, bias = _classifier_tensors(head)
-    feats = extract(model, train.images, pp)
-    row = {"train_acc": _accuracy(head, feats, train.labels)}
-    test_feats = None
-    if test is not None:
-        test_feats = extract(model, test.images, pp)
-        row["test_acc"] = _accuracy(head, test_feats, test.labels)
-    row.update(
-        collapse_report(feats, train.labels, test_feats, None if test is None else test.labels, weight=weight, bias=bias)
-    )
-    curves = layer_collapse(model, train.images, train.labels, pp, eps)
-    row.update({"effective_depth" if v == "flat" else f"effective_depth_{v}": d for v, d in curves.depths.items()})
-    return row, curves.rows
 
 
 def _csv_bytes(rows: list[dict], lead: list[str]) -> bytes:
@@ -328,7 +298,7 @@ def _csv_bytes(rows: list[dict], lead: list[str]) -> bytes:
 def _write_curves(out_dir: Path, records: list[dict]) -> None:
     scalars = [{k: v for k, v in r.items() if k != "layers"} for r in records]
     layers = [{"epoch": r["epoch"], **lr} for r in records for lr in r.get("layers", [])]
-    atomic_write(out_dir / CURVE_FILE, _csv_bytes(scalars, ["epoch", "lr", "loss", "running_acc"]))
+    atomic_write(out_dir / CURVE_FILE, _csv_bytes(scalars, list(LOOP_COLUMNS)))
     if layers:
         atomic_write(out_dir / LAYER_CURVE_FILE, _csv_bytes(layers, ["epoch", "layer", "variant", "ncc_error", "ncc_errors", "n", "cdnv"]))
 
@@ -389,57 +359,47 @@ def _train_epoch(net: nn.Module, opt: torch.optim.SGD, images: torch.Tensor, lab
     return loss_sum / steps, int(correct_sum) / (steps * bs)
 
 
-def pretrain(
-    backbone: str,
-    dataset: ImageDataset,
-    train_idx: np.ndarray,
-    test_idx: np.ndarray | None,
-    config: PretrainConfig,
-    out_dir: Path,
-    *,
-    seed: int,
-    backbone_options: dict | None = None,
-    card_extra: dict | None = None,
-    layer_eps: float = 0.01,
-    norm_idx: np.ndarray | None = None,
-    norm_source: str | None = None,
-) -> Path:
-    """Train ``backbone`` on ``dataset.images[train_idx]`` (labels remapped to 0..s-1 in sorted order of the
-    original labels) and write the checkpoint, card and collapse curves into ``out_dir``; returns ``out_dir``.
+@dataclass(frozen=True)
+class _Run:
+    """A checked pretraining run: what it trains on, with what recipe, and its identity (``run.json``)."""
 
-    ``test_idx`` (held-out images of the same source classes) is only used for tracking. A partial run in
-    ``out_dir`` with the same inputs is resumed; a finished one is returned at once; a different run there
-    raises CheckpointError. ``card_extra`` keys (e.g. ``name``, ``task``) are added to the card.
-    ``layer_eps`` is the ε of the ε-effective depth in the tracked curves (the task's ``layer_eps``).
-    The normalisation mean / std (card ``preprocessing``, part of the run's identity) are computed from
-    ``dataset.images[norm_idx]`` (int [n]; default ``train_idx``), described as ``norm_source`` in
-    ``preprocessing["normalization"]``; the pipeline passes the TRAIN images of the task's whole source pool.
-    Inside a process group (``ncbench.distributed.session``) every process calls this with the same
-    arguments; they train one model with DistributedDataParallel and rank 0 writes the files.
-    """
+    backbone: str
+    options: dict[str, Any]          # build_backbone options, in_channels and image_size included
+    config: PretrainConfig           # the recipe for this many images (PretrainConfig.for_size)
+    train: LabelledImages
+    test: LabelledImages | None
+    classes: np.ndarray              # [s] dataset class indices, sorted
+    preprocessing: dict[str, Any]
+    identity: dict[str, Any]
+
+    @property
+    def run_id(self) -> str:
+        return _digest(self.identity)
+
+
+def _plan_run(backbone: str, dataset: ImageDataset, train_idx: Any, test_idx: Any, config: PretrainConfig, *,
+              seed: int, backbone_options: dict | None, card_extra: dict | None, tracker: Tracker | None,
+              norm_idx: Any, norm_source: str | None) -> _Run:
+    """Validate the arguments of :func:`pretrain` and gather the run they describe."""
     if not isinstance(config, PretrainConfig):
         raise ValueError(f"config must be a PretrainConfig, got {type(config).__name__}")
     if not _is_int(seed):
         raise ValueError(f"seed must be an integer, got {seed!r}")
-    check_eps(layer_eps)
-    card_fields = {f.name for f in dataclasses.fields(Card)}
-    clash = sorted(set(card_extra or {}) & card_fields)
+    clash = sorted(set(card_extra or {}) & {f.name for f in dataclasses.fields(Card)})
     if clash:
         raise ValueError(f"card_extra keys {clash} are card fields set by pretrain; use other names")
-    out_dir = Path(out_dir)
     n = len(dataset.labels)
     train_idx = _check_indices("train_idx", train_idx, n)
     classes = np.unique(dataset.labels[train_idx])
     if len(classes) < 2:
         raise ValueError(f"train_idx must cover at least 2 classes, got {len(classes)}")
-    train = _Split(np.ascontiguousarray(dataset.images[train_idx]), np.searchsorted(classes, dataset.labels[train_idx]))
+    train = LabelledImages(np.ascontiguousarray(dataset.images[train_idx]), source_labels(dataset, train_idx, classes))
     test = None
     if test_idx is not None:
         test_idx = _check_indices("test_idx", test_idx, n)
-        test_labels = dataset.labels[test_idx]
-        if not np.isin(test_labels, classes).all():
+        if not np.isin(dataset.labels[test_idx], classes).all():
             raise ValueError("test_idx holds images of classes that are not in train_idx")
-        test = _Split(np.ascontiguousarray(dataset.images[test_idx]), np.searchsorted(classes, test_labels))
+        test = LabelledImages(np.ascontiguousarray(dataset.images[test_idx]), source_labels(dataset, test_idx, classes))
     config = config.for_size(len(train_idx))
     options = {"in_channels": dataset.channels, "image_size": list(dataset.image_size), **(backbone_options or {})}
     if norm_idx is None:
@@ -455,93 +415,155 @@ def pretrain(
         "recipe": {k: v for k, v in dataclasses.asdict(config).items() if k != "num_threads"},
         "seed": int(seed),
         "preprocessing": pp,
-        "layer_eps": float(layer_eps),
+        **(tracker.identity if tracker is not None else {}),
     }
     identity = json.loads(json.dumps(identity))  # tuples -> lists, as read back from run.json
-    run_id = _digest(identity)
-    where, dev = distributed.place(), distributed.device()
-    _check_same_run(out_dir, identity)
-    if (out_dir / CARD_FILE).is_file():
-        if read_card(out_dir).run_id != run_id:
-            raise CheckpointError(f"{str(out_dir)!r} holds the checkpoint of a different run; use another out_dir")
-        logger.info("%s already holds this finished checkpoint", out_dir)
-        return out_dir
-    distributed.barrier()  # every process has looked for the card before rank 0 can write one
-    if where.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / RUN_FILE, identity)
-    _set_threads(config.num_threads)
+    return _Run(backbone, options, config, train, test, classes, pp, identity)
 
-    k = len(classes)
+
+def _finished(out_dir: Path, run: _Run) -> bool:
+    """Whether ``out_dir`` already holds this run's checkpoint; CheckpointError if it holds another run's."""
+    _check_same_run(out_dir, run.identity)
+    if not (out_dir / CARD_FILE).is_file():
+        return False
+    if read_card(out_dir).run_id != run.run_id:
+        raise CheckpointError(f"{str(out_dir)!r} holds the checkpoint of a different run; use another out_dir")
+    return True
+
+
+def _train(run: _Run, out_dir: Path, seed: int, tracker: Tracker | None) -> tuple[nn.Module, nn.Linear, list[dict]]:
+    """Build (or resume) the model and classifier and train them for ``run.config.epochs``; returns them and
+    the curve records (rank 0 writes the resume state and curves after every epoch)."""
+    config, train, where, dev = run.config, run.train, distributed.place(), distributed.device()
+    track = tracker if config.track_every and where.is_main else None
     images_t, labels_t = torch.from_numpy(train.images), torch.from_numpy(train.labels)
     resume = _Resume(out_dir)
     with _deterministic(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_backbone(backbone, **options).to(dev)
-        head = _make_classifier(config.classifier, model.feature_dim, k, seed).to(dev)
+        model = build_backbone(run.backbone, **run.options).to(dev)
+        head = _make_classifier(config.classifier, model.feature_dim, len(run.classes), seed).to(dev)
         params = [p for p in (*model.parameters(), *head.parameters()) if p.requires_grad]
         opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
         start, records = resume.load(model, head, opt)
         if start:
             logger.info("resuming %s from epoch %d of %d", out_dir, start, config.epochs)
-        elif config.track_every and where.is_main:
-            row, layer_rows = _track(model, head, train, test, pp, layer_eps)
+        elif track is not None:
+            row, layer_rows = track(model, head, train, run.test, run.preprocessing)
             records.append({"epoch": 0, **row, "layers": layer_rows})
-        net: nn.Module = _Net(model, head)
-        if where.world_size > 1:
-            # a size-1 dimension (e.g. a conv on one input channel) gives grads other strides than DDP's
-            # buckets: harmless, but torch warns at every step
-            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-            net = nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
-            logger.info("training %s with DistributedDataParallel on %d processes (%s)", backbone, where.world_size, dev)
-        bar = tqdm(range(start, config.epochs), initial=start, total=config.epochs, desc=f"pretrain {backbone}", unit="epoch",
-                   disable=None if where.is_main else True)
+        net = _parallel(_Net(model, head), run.backbone)
+        bar = tqdm(range(start, config.epochs), initial=start, total=config.epochs, desc=f"pretrain {run.backbone}",
+                   unit="epoch", disable=None if where.is_main else True)
         for epoch in bar:
             lr = config.lr_at(epoch)
             for group in opt.param_groups:
                 group["lr"] = lr
             torch.manual_seed(_epoch_seed(seed, epoch))
             generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
-            loss, acc = _train_epoch(net, opt, images_t, labels_t, pp, config.loss, config.batch_size, generator)
+            loss, acc = _train_epoch(net, opt, images_t, labels_t, run.preprocessing, config.loss, config.batch_size,
+                                     generator)
             record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "loss": loss, "running_acc": acc}
             bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}")
             if not where.is_main:
                 continue
-            if config.track_every and ((epoch + 1) % config.track_every == 0 or epoch + 1 == config.epochs):
-                row, layer_rows = _track(model, head, train, test, pp, layer_eps)
+            if track is not None and ((epoch + 1) % config.track_every == 0 or epoch + 1 == config.epochs):
+                row, layer_rows = track(model, head, train, run.test, run.preprocessing)
                 record.update(row, layers=layer_rows)
             records.append(record)
             resume.save(epoch + 1, model, head, opt, records)
             _write_curves(out_dir, records)
-        if not where.is_main:
-            distributed.barrier()  # until rank 0 has written the checkpoint
-            return out_dir
-        last = records[-1]  # the last epoch's record (every epoch appends one)
-        if "train_acc" in last:  # tracked at the last epoch
-            train_acc = last["train_acc"]
-        else:
-            train_acc = _accuracy(head, extract(model, train.images, pp), train.labels)
-        weight, bias = _classifier_tensors(head)
-        card = Card(
-            backbone=backbone,
-            backbone_options=options,
-            feature_dim=int(model.feature_dim),
-            dataset=dataset.name,
-            source_classes=identity["source_classes"],
-            num_train=len(train_idx),
-            recipe=dataclasses.asdict(config),
-            seed=int(seed),
-            epochs=config.epochs,
-            preprocessing=pp,
-            run_id=run_id,
-            train_loss=last["loss"],
-            train_acc=train_acc,
-            world_size=where.world_size,
-            device=dev.type,
-            extra=dict(card_extra or {}),
-        )
-        save_checkpoint(out_dir, model, card, classifier={"weight": weight, "bias": bias})
-    resume.clear()
+    return model, head, records
+
+
+def _parallel(net: nn.Module, backbone: str) -> nn.Module:
+    """``net`` wrapped in DistributedDataParallel inside a process group of several processes, else itself."""
+    where, dev = distributed.place(), distributed.device()
+    if where.world_size == 1:
+        return net
+    # a size-1 dimension (e.g. a conv on one input channel) gives grads other strides than DDP's buckets:
+    # harmless, but torch warns at every step
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    logger.info("training %s with DistributedDataParallel on %d processes (%s)", backbone, where.world_size, dev)
+    return nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+
+def _save(run: _Run, out_dir: Path, model: nn.Module, head: nn.Linear, records: list[dict], seed: int,
+          dataset_name: str, card_extra: dict | None) -> Card:
+    """Write the weights and the card (rank 0); the card's train accuracy is the last tracked one, else measured."""
+    last = records[-1]  # the last epoch's record (every epoch appends one)
+    if "train_acc" in last:  # tracked at the last epoch
+        train_acc = last["train_acc"]
+    else:
+        train_acc = _accuracy(head, extract(model, run.train.images, run.preprocessing), run.train.labels)
+    weight, bias = _classifier_tensors(head)
+    card = Card(
+        backbone=run.backbone,
+        backbone_options=run.options,
+        feature_dim=int(model.feature_dim),
+        dataset=dataset_name,
+        source_classes=run.identity["source_classes"],
+        num_train=len(run.train.labels),
+        recipe=dataclasses.asdict(run.config),
+        seed=int(seed),
+        epochs=run.config.epochs,
+        preprocessing=run.preprocessing,
+        run_id=run.run_id,
+        train_loss=last["loss"],
+        train_acc=train_acc,
+        world_size=distributed.place().world_size,
+        device=distributed.device().type,
+        extra=dict(card_extra or {}),
+    )
+    return save_checkpoint(out_dir, model, card, classifier={"weight": weight, "bias": bias})
+
+
+def pretrain(
+    backbone: str,
+    dataset: ImageDataset,
+    train_idx: np.ndarray,
+    test_idx: np.ndarray | None,
+    config: PretrainConfig,
+    out_dir: Path,
+    *,
+    seed: int,
+    backbone_options: dict | None = None,
+    card_extra: dict | None = None,
+    tracker: Tracker | None = None,
+    norm_idx: np.ndarray | None = None,
+    norm_source: str | None = None,
+) -> Path:
+    """Train ``backbone`` on ``dataset.images[train_idx]`` (labels remapped to 0..s-1 in sorted order of the
+    original labels) and write the checkpoint, card and collapse curves into ``out_dir``; returns ``out_dir``.
+
+    ``test_idx`` (held-out images of the same source classes) is only used for tracking. A partial run in
+    ``out_dir`` with the same inputs is resumed; a finished one is returned at once; a different run there
+    raises CheckpointError. ``card_extra`` keys (e.g. ``name``, ``task``) are added to the card.
+    ``tracker`` (e.g. ``ncbench.tracking.CollapseTracker(eps)``) records collapse before training and every
+    ``config.track_every`` epochs into ``curve.csv`` / ``layer_curve.csv``; without one nothing is tracked.
+    The normalisation mean / std (card ``preprocessing``, part of the run's identity) are computed from
+    ``dataset.images[norm_idx]`` (int [n]; default ``train_idx``), described as ``norm_source`` in
+    ``preprocessing["normalization"]``; the pipeline passes the TRAIN images of the task's whole source pool.
+    Inside a process group (``ncbench.distributed.session``) every process calls this with the same
+    arguments; they train one model with DistributedDataParallel and rank 0 writes the files.
+    """
+    run = _plan_run(backbone, dataset, train_idx, test_idx, config, seed=seed, backbone_options=backbone_options,
+                    card_extra=card_extra, tracker=tracker, norm_idx=norm_idx, norm_source=norm_source)
+    out_dir = Path(out_dir)
+    if _finished(out_dir, run):
+        logger.info("%s already holds this finished checkpoint", out_dir)
+        return out_dir
+    distributed.barrier()  # every process has looked for the card before rank 0 can write one
+    if distributed.place().is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / RUN_FILE, run.identity)
+    set_threads(run.config.num_threads)
+    model, head, records = _train(run, out_dir, seed, tracker)
+    if not distributed.place().is_main:
+        distributed.barrier()  # until rank 0 has written the checkpoint
+        return out_dir
+    with _deterministic():
+        card = _save(run, out_dir, model, head, records, seed, dataset.name, card_extra)
+    _Resume(out_dir).clear()
     distributed.barrier()
-    logger.info("pretrained %s on %d classes: train accuracy %.4f, loss %.4g -> %s", backbone, k, train_acc, card.train_loss, out_dir)
+    logger.info("pretrained %s on %d classes: train accuracy %.4f, loss %.4g -> %s", backbone, len(run.classes),
+                card.train_acc, card.train_loss, out_dir)
     return out_dir

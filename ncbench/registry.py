@@ -74,6 +74,11 @@ class Registry(Generic[T]):
         self._ensure()
         return sorted(self._entries)
 
+    def items(self) -> list[tuple[str, T]]:
+        """(name, object) pairs in registration order (the order their definitions were read)."""
+        self._ensure()
+        return list(self._entries.items())
+
     def __contains__(self, name: object) -> bool:
         self._ensure()
         return name in self._entries
@@ -93,5 +98,4 @@ METRICS: Registry = Registry("metric", populate="ncbench.metrics")
 
 register_dataset = DATASETS.register
 register_backbone = BACKBONES.register
-register_head = HEADS.register
 register_metric = METRICS.register

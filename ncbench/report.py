@@ -17,7 +17,7 @@ a logged note (also listed on the page), never a crash. Files are written atomic
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import html
 import io
 import logging
@@ -31,15 +31,26 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
 from ncbench import leaderboard
-from ncbench.checkpoint import atomic_write
-from ncbench.compare import HEADLINE, arrow
-from ncbench.results import ResultError, atomic_write_text, load_result
+from ncbench.compare import arrow, headline
+from ncbench.files import atomic_write, atomic_write_text
+from ncbench.metrics.info import selected
+from ncbench.results import Result, ResultError, Status, load_result
 
 log = logging.getLogger(__name__)
 
-CURVE_METRICS = ("train_acc", "test_acc", "cdnv_train", "cdnv_test", "nc1", "nc2", "nc3", "nc4")
-TABLE_COLUMNS = (["model", "source_classes", "seed", "head", "shots", "status", "acc_mean", "acc_ci95", "n_episodes"]
-                 + [c for c in HEADLINE if c != "acc_mean"] + ["error"])
+
+
+def curve_metrics() -> list[str]:
+    """The training-curve values plotted over epochs: the curve names of the metric columns the registry
+    marks ``plot`` (``ncbench.metrics.Column``), in registration order."""
+    return [c.curve for m in selected() for c in m.columns if c.plot]
+
+
+def table_columns() -> list[str]:
+    """The leaderboard columns of the report's table: the row's key and status, the few-shot accuracy with
+    its CI and count, the other :func:`ncbench.compare.headline` columns, the error."""
+    return (["model", "source_classes", "seed", "head", "shots", "status", "acc_mean", "acc_ci95", "n_episodes"]
+            + headline()[1:] + ["error"])
 UNIT = ["model", "source_classes", "seed"]
 
 
@@ -57,24 +68,24 @@ def accuracy_vs_source_classes(df: pd.DataFrame) -> pd.DataFrame:
     """Target few-shot accuracy over seeds from a leaderboard: one row per (model, head, shots,
     source_classes) with ``acc_mean`` (mean over seeds of the per-seed acc_mean), ``acc_mean_std`` and
     ``n_seeds``. Failed rows are ignored."""
-    return _over_seeds(df[df["status"].eq("ok")], "acc_mean", ["model", "head", "shots"])
+    return _over_seeds(df[df["status"].eq(Status.OK.value)], "acc_mean", ["model", "head", "shots"])
 
 
 def cdnv_vs_source_classes(df: pd.DataFrame) -> pd.DataFrame:
     """Target CDNV over seeds from a leaderboard: one row per (model, source_classes) with ``target_cdnv``,
     ``target_cdnv_std`` and ``n_seeds`` (the value is per unit, repeated on each head/shots row)."""
-    return _over_seeds(df[df["status"].eq("ok")], "target_cdnv", ["model"])
+    return _over_seeds(df[df["status"].eq(Status.OK.value)], "target_cdnv", ["model"])
 
 
-def layer_series(records: list[dict[str, Any]]) -> pd.DataFrame:
+def layer_series(records: list[Result]) -> pd.DataFrame:
     """Per-layer curves from result records: one row per (model, variant, depth, layer, source_classes) with
     ``ncc_error``, ``cdnv`` (means over seeds) and ``n_seeds``; ``depth`` is the 1-based position of the
     layer among the record's layers of that variant."""
     rows = []
     for rec in records:
-        unit = rec["unit"]
+        unit = dataclasses.asdict(rec.unit)
         depth: dict[str, int] = {}
-        for entry in rec.get("layers") or []:
+        for entry in rec.layers:
             depth[entry["variant"]] = depth.get(entry["variant"], 0) + 1
             rows.append({**{k: unit[k] for k in UNIT}, "variant": entry["variant"], "depth": depth[entry["variant"]],
                          "layer": entry["layer"], "ncc_error": entry["ncc_error"], "cdnv": entry["cdnv"]})
@@ -85,21 +96,22 @@ def layer_series(records: list[dict[str, Any]]) -> pd.DataFrame:
     return g[["ncc_error", "cdnv"]].mean().join(g["seed"].nunique().rename("n_seeds")).reset_index()
 
 
-def training_series(records: list[dict[str, Any]]) -> pd.DataFrame:
+def training_series(records: list[Result]) -> pd.DataFrame:
     """Collapse metrics over pretraining epochs: long format, one row per (model, source_classes, metric,
-    epoch) with ``value`` (mean over seeds) and ``n_seeds``, for the :data:`CURVE_METRICS` present in the
+    epoch) with ``value`` (mean over seeds) and ``n_seeds``, for the :func:`curve_metrics` present in the
     records' ``training_curve``. A checkpoint (``provenance.checkpoint``) is counted once even when several
     result files were evaluated from it."""
-    rows, seen = [], set()
+    rows, seen, plotted = [], set(), curve_metrics()
     for rec in records:
-        ckpt = rec["provenance"].get("checkpoint")
+        ckpt = rec.provenance.checkpoint
         if ckpt in seen:
             continue
         seen.add(ckpt)
-        for entry in rec.get("training_curve") or []:
-            for metric in CURVE_METRICS:
+        unit = dataclasses.asdict(rec.unit)
+        for entry in rec.training_curve:
+            for metric in plotted:
                 if entry.get(metric) is not None:
-                    rows.append({**{k: rec["unit"][k] for k in UNIT}, "metric": metric, "epoch": entry["epoch"],
+                    rows.append({**{k: unit[k] for k in UNIT}, "metric": metric, "epoch": entry["epoch"],
                                  "value": float(entry[metric])})
     keys = ["model", "source_classes", "metric", "epoch"]
     if not rows:
@@ -108,11 +120,11 @@ def training_series(records: list[dict[str, Any]]) -> pd.DataFrame:
     return g["value"].mean().to_frame().join(g["seed"].nunique().rename("n_seeds")).reset_index()
 
 
-def load_records(df: pd.DataFrame, results_dir: Path) -> list[dict[str, Any]]:
+def load_records(df: pd.DataFrame, results_dir: Path) -> list[Result]:
     """The finished result records a leaderboard's ``result_file`` column points at (each file once);
     files that are missing or invalid are logged and left out."""
     records = []
-    for rel in df.loc[df["status"].eq("ok"), "result_file"].dropna().unique():
+    for rel in df.loc[df["status"].eq(Status.OK.value), "result_file"].dropna().unique():
         try:
             records.append(load_result(Path(results_dir) / rel))
         except ResultError as e:
@@ -181,7 +193,7 @@ def _plot_layers(curves: pd.DataFrame, title: str) -> Figure:
 
 
 def _plot_training(curves: pd.DataFrame, title: str) -> Figure:
-    metrics = [m for m in CURVE_METRICS if m in set(curves["metric"])]
+    metrics = [m for m in curve_metrics() if m in set(curves["metric"])]
     ncols = min(4, len(metrics))
     nrows = -(-len(metrics) // ncols)
     fig = Figure(figsize=(3.6 * ncols, 3.0 * nrows))
@@ -232,7 +244,7 @@ def _task_plots(task: str, df: pd.DataFrame, results_dir: Path,
         skip(f"no result files found under {results_dir} (layer and training curves)")
         return plots, notes
     layers, curves = layer_series(records), training_series(records)
-    for model in sorted(df.loc[df["status"].eq("ok"), "model"].unique()):
+    for model in sorted(df.loc[df["status"].eq(Status.OK.value), "model"].unique()):
         lm = layers[layers["model"].eq(model)]
         if len(lm):
             save(_plot_layers(lm, f"{task}: {model}, per-layer collapse (mean over seeds)"),
@@ -264,13 +276,14 @@ def _cell(value: Any, column: str) -> str:
 
 
 def _table_html(df: pd.DataFrame) -> str:
-    head = "".join(f"<th>{html.escape(f'{c} {arrow(c)}'.strip() if c in HEADLINE else c)}</th>" for c in TABLE_COLUMNS)
-    numeric = {c: pd.api.types.is_numeric_dtype(df[c]) for c in TABLE_COLUMNS}
+    shown, compared = table_columns(), headline()
+    head = "".join(f"<th>{html.escape(f'{c} {arrow(c)}'.strip() if c in compared else c)}</th>" for c in shown)
+    numeric = {c: pd.api.types.is_numeric_dtype(df[c]) for c in shown}
     body = []
     for _, r in df.iterrows():
         cells = "".join(f'<td{" class=num" if numeric[c] else ""}>{html.escape(_cell(r[c], c))}</td>'
-                        for c in TABLE_COLUMNS)
-        body.append(f'<tr{" class=failed" if r["status"] == "failed" else ""}>{cells}</tr>')
+                        for c in shown)
+        body.append(f'<tr{" class=failed" if r["status"] == Status.FAILED.value else ""}>{cells}</tr>')
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
@@ -326,10 +339,3 @@ def make_report(leaderboards_dir: Path, results_dir: Path, out_dir: Path, tasks:
     path = out_dir / "index.html"
     atomic_write_text(path, page)
     return path
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    """CLI entry: ``args.leaderboards``, ``args.results``, ``args.out`` (the report goes to
-    ``<out>/report/``) and ``args.task`` (optional list). Prints the HTML path."""
-    print(make_report(args.leaderboards, args.results, Path(args.out) / "report", args.task))
-    return 0

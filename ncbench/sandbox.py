@@ -18,6 +18,7 @@ Job folder (a fresh temporary folder under the run's ``out``, removed afterwards
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -28,17 +29,22 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-if TYPE_CHECKING:  # heavy imports stay inside the functions: the CLI reads the defaults below
-    from ncbench.run import RunOptions, Unit, UnitFeatures
+import safetensors
+import safetensors.torch
+import torch
+
+from ncbench.backbones import BackboneError, build_backbone
+from ncbench.files import atomic_write, write_json
+from ncbench.layerwise import LayerCurves
+from ncbench.registry import BACKBONES
+from ncbench.runtime import DEFAULT_MEMORY_GB, DEFAULT_TIMEOUT_S, check_limits, keep_freed_memory
+from ncbench.tasks import parse_task
+from ncbench.unit import RunOptions, Unit, UnitFeatures, checkpoint_dir, features_here, pretrain_here, unit_data
 
 log = logging.getLogger(__name__)
 
-# Sized for a 2-core, 24 GiB machine. The limit is on address space (RLIMIT_AS): importing torch and
-# starting its thread pools reserves about 4 GiB of it before any tensor exists, so 16 GB leaves about 12.
-DEFAULT_TIMEOUT_S = 7200.0
-DEFAULT_MEMORY_GB = 16.0
 JOB_FILE, OUTCOME_FILE, FEATURES_FILE = "job.json", "outcome.json", "features.safetensors"
 MEMORY_EXIT = 3  # the child's exit code when an allocation failed under the memory limit
 
@@ -49,20 +55,11 @@ class SandboxError(ValueError):
 
 def is_trusted(spec: str) -> bool:
     """True for a backbone registered by ncbench itself (its code ships with the harness)."""
-    from ncbench.registry import BACKBONES
-
     return isinstance(spec, str) and spec in BACKBONES
 
 
-def check_limits(timeout_s: Any, memory_gb: Any) -> None:
-    """Raise ValueError naming the option unless both limits are positive finite numbers."""
-    for name, v in (("timeout_s", timeout_s), ("memory_gb", memory_gb)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
-            raise ValueError(f"{name}: expected a positive number, got {v!r}")
-
-
 # ----------------------------------------------------------------------------------------- parent side
-def _unit_json(unit: "Unit", opts: "RunOptions") -> dict[str, Any]:
+def _unit_json(unit: Unit, opts: RunOptions) -> dict[str, Any]:
     return {"task": unit.task.raw, "task_path": unit.task.path, "model": unit.model, "backbone": unit.backbone,
             "backbone_options": unit.backbone_options, "source_classes": unit.source_classes, "seed": unit.seed,
             "config_hash": unit.config_hash, "out": str(Path(opts.out).resolve()),
@@ -72,8 +69,6 @@ def _unit_json(unit: "Unit", opts: "RunOptions") -> dict[str, Any]:
 def _run_job(job: dict[str, Any], spec: str, timeout_s: float, memory_gb: float, workdir_parent: Path,
              read: Callable[[Path], Any] = lambda d: None) -> Any:
     """Run ``job`` in a child process and return ``read(job folder)`` when it succeeds; else raise SandboxError."""
-    from ncbench.checkpoint import write_json
-
     check_limits(timeout_s, memory_gb)
     Path(workdir_parent).mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(dir=workdir_parent, prefix=".sandbox-"))
@@ -117,8 +112,6 @@ def check_backbone(spec: str, options: dict[str, Any], *, timeout_s: float = DEF
     """``build_backbone(spec, **options)`` (resolve, build, validate on a dummy batch) in a child process.
     Any failure there (a BackboneError, a crash, a timeout, the memory limit) is raised here as BackboneError
     with the sandbox's message, so ``ncbench submit`` exits with 2 naming the spec."""
-    from ncbench.backbones.build import BackboneError
-
     try:
         _run_job({"kind": "check", "backbone": spec, "backbone_options": options}, spec, timeout_s, memory_gb,
                  workdir_parent)
@@ -126,52 +119,38 @@ def check_backbone(spec: str, options: dict[str, Any], *, timeout_s: float = DEF
         raise BackboneError(str(e)) from None
 
 
-def pretrain(unit: "Unit", opts: "RunOptions") -> Path:
-    """``run.pretrain_unit`` of an untrusted unit, in a child process; returns the checkpoint folder."""
-    from ncbench.run import checkpoint_dir
-
+def pretrain(unit: Unit, opts: RunOptions) -> Path:
+    """:func:`ncbench.unit.pretrain_here` of an untrusted unit, in a child process; returns the checkpoint folder."""
     _run_job({"kind": "pretrain", "unit": _unit_json(unit, opts)}, unit.backbone, opts.timeout_s, opts.memory_gb,
              opts.out)
     return checkpoint_dir(unit, opts)
 
 
-def unit_features(unit: "Unit", opts: "RunOptions") -> "UnitFeatures":
-    """``run.unit_features`` of an untrusted unit: pretraining and extraction run in a child process,
-    the features come back through ``features.safetensors``."""
-    from ncbench.run import checkpoint_dir
-
+def unit_features(unit: Unit, opts: RunOptions) -> UnitFeatures:
+    """:func:`ncbench.unit.features_here` of an untrusted unit: pretraining and extraction run in a child
+    process, the features come back through ``features.safetensors``."""
     return _run_job({"kind": "features", "unit": _unit_json(unit, opts)}, unit.backbone, opts.timeout_s,
                     opts.memory_gb, opts.out,
                     read=lambda d: load_features(d / FEATURES_FILE, checkpoint_dir(unit, opts)))
 
 
-def save_features(path: Path, feats: "UnitFeatures") -> None:
+def save_features(path: Path, feats: UnitFeatures) -> None:
     """Write a unit's features (train [n, m], test, target) as one safetensors file, its layer curves as
-    JSON metadata."""
-    import safetensors.torch
-
-    from ncbench.checkpoint import atomic_write
-
+    JSON metadata (``null`` when the unit computes none)."""
     tensors = {"train": feats.train, "test": feats.test, "target": feats.target}
-    curves = {"rows": feats.layers.rows, "eps": feats.layers.eps}
+    curves = None if feats.layers is None else {"rows": feats.layers.rows, "eps": feats.layers.eps}
     data = safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()},
                                   metadata={"layer_curves": json.dumps(curves)})
     atomic_write(Path(path), data)
 
 
-def load_features(path: Path, checkpoint: Path) -> "UnitFeatures":
+def load_features(path: Path, checkpoint: Path) -> UnitFeatures:
     """Read back :func:`save_features` output (tensors and JSON only, nothing unpickled); checks names,
     shapes, that the values are finite float32 and that the layer curves are well-formed, raising
     SandboxError naming the file."""
-    import safetensors
-    import torch
-
-    from ncbench.layerwise import LayerCurves
-    from ncbench.run import UnitFeatures
-
     try:
         with safetensors.safe_open(str(path), framework="pt") as f:
-            curves = json.loads((f.metadata() or {}).get("layer_curves", "null"))
+            curves = json.loads((f.metadata() or {}).get("layer_curves", '"missing"'))
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
         raise SandboxError(f"features file {str(path)!r} from the sandbox is unreadable: {type(e).__name__}: {e}") from e
@@ -185,17 +164,14 @@ def load_features(path: Path, checkpoint: Path) -> "UnitFeatures":
         if not torch.isfinite(v).all():
             raise SandboxError(f"features file {str(path)!r}: {k} holds NaN or inf values")
     try:
-        layers = LayerCurves(curves["rows"], curves["eps"])
+        layers = None if curves is None else LayerCurves(curves["rows"], curves["eps"])
     except (TypeError, KeyError, ValueError) as e:
         raise SandboxError(f"features file {str(path)!r}: layer_curves metadata is malformed: {e}") from None
     return UnitFeatures(Path(checkpoint), tensors["train"], tensors["test"], layers, tensors["target"])
 
 
 # ------------------------------------------------------------------------------------------ child side
-def _unit_from_json(d: dict[str, Any]) -> tuple["Unit", "RunOptions"]:
-    from ncbench.run import RunOptions, Unit
-    from ncbench.tasks import parse_task
-
+def _unit_from_json(d: dict[str, Any]) -> tuple[Unit, RunOptions]:
     unit = Unit(parse_task(d["task"], d["task_path"]), d["model"], d["backbone"], d["backbone_options"],
                 d["source_classes"], d["seed"])
     if unit.config_hash != d["config_hash"]:
@@ -204,22 +180,16 @@ def _unit_from_json(d: dict[str, Any]) -> tuple["Unit", "RunOptions"]:
 
 
 def _job_check(job: dict[str, Any], workdir: Path) -> None:
-    from ncbench.backbones import build_backbone
-
     build_backbone(job["backbone"], **job["backbone_options"])
 
 
 def _job_pretrain(job: dict[str, Any], workdir: Path) -> None:
-    from ncbench.run import pretrain_unit
-
-    pretrain_unit(*_unit_from_json(job["unit"]))
+    pretrain_here(*_unit_from_json(job["unit"]))
 
 
 def _job_features(job: dict[str, Any], workdir: Path) -> None:
-    from ncbench.run import unit_data, unit_features
-
     unit, opts = _unit_from_json(job["unit"])
-    save_features(workdir / FEATURES_FILE, unit_features(unit, opts, unit_data(unit, opts)))
+    save_features(workdir / FEATURES_FILE, features_here(unit, opts, unit_data(unit, opts)))
 
 
 JOBS = {"check": _job_check, "pretrain": _job_pretrain, "features": _job_features}
@@ -233,8 +203,6 @@ def _is_memory_error(e: BaseException) -> bool:
 def _die_with_parent(parent_pid: int) -> None:
     """Linux: have the kernel SIGKILL this process when the harness dies (PR_SET_PDEATHSIG), so a killed
     run leaves no orphan still writing into its folders. Elsewhere a no-op."""
-    import ctypes
-
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -245,8 +213,6 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Child entry point: ``python -m ncbench.sandbox JOB.json``. Returns the exit code."""
-    from ncbench.checkpoint import write_json
-    from ncbench.cli import _keep_freed_memory
 
     job_file = Path((sys.argv[1:] if argv is None else argv)[0])
     workdir = job_file.parent
@@ -256,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     logging.basicConfig(level=job["log_level"], format="%(asctime)s %(levelname)s %(name)s [sandbox]: %(message)s",
                         datefmt="%H:%M:%S")
-    _keep_freed_memory()
+    keep_freed_memory()
     try:
         JOBS[job["kind"]](job, workdir)
     except Exception as e:  # reported to the parent as data; the traceback goes to stderr

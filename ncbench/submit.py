@@ -3,7 +3,7 @@
 The backbone is validated on a dummy batch first (shape, finite values, eval-mode determinism), so a
 broken submission fails in seconds with a message naming the spec. A submission that is not a registered
 ncbench backbone is untrusted: its validation, pretraining and feature extraction run in a sandbox process
-(``ncbench.sandbox``) under ``--timeout-s`` and ``--memory-gb``. With ``--smoke`` the tiny
+(``ncbench.sandbox``) under the run options' ``timeout_s`` and ``memory_gb``. With ``smoke`` the tiny
 ``glyphs-smoke`` task runs first, into a scratch folder, so a submitter sees problems in a minute before
 the real tasks start. The submission's rows are added by rebuilding each task's leaderboard from the
 result files, so existing rows are never rewritten by hand.
@@ -11,14 +11,50 @@ result files, so existing rows are never rewritten by hand.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import logging
-import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from ncbench import leaderboard, sandbox
+from ncbench.backbones import build_backbone
+from ncbench.results import Status
+from ncbench.run import run_task
+from ncbench.tasks import find_task
+from ncbench.unit import RunOptions
 
 log = logging.getLogger(__name__)
 
 SMOKE_TASK = "glyphs-smoke"
+
+
+class SubmitError(ValueError):
+    """A submission that cannot run as asked (a name taken by another backbone, no task to run)."""
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What is submitted: the backbone ``spec`` (registered name, ``module:callable`` or ``file.py[:callable]``)
+    with its ``backbone_options``, under the leaderboard name ``name``, on ``tasks`` (default: every task
+    with a leaderboard CSV), after the ``glyphs-smoke`` task when ``smoke``."""
+
+    spec: str
+    name: str
+    backbone_options: dict[str, Any] = field(default_factory=dict)
+    tasks: list[str] | None = None
+    smoke: bool = False
+
+
+@dataclass(frozen=True)
+class SubmitOutcome:
+    """failed: checkpoint names of the units that failed (their rows say why); smoke_failed: the smoke run
+    failed, so nothing else ran; leaderboards: the CSVs rebuilt; results: where the result files are."""
+
+    failed: list[str]
+    smoke_failed: bool
+    leaderboards: list[Path]
+    results: Path
 
 
 def leaderboard_tasks(leaderboards_dir: Path) -> list[str]:
@@ -28,9 +64,6 @@ def leaderboard_tasks(leaderboards_dir: Path) -> list[str]:
 
 def check_name(name: str, spec: str, leaderboards_dir: Path, tasks: list[str]) -> None:
     """Refuse a model name already used on a leaderboard by another backbone spec."""
-    from ncbench import leaderboard
-    from ncbench.cli import UsageError
-
     for task in tasks:
         path = Path(leaderboards_dir) / f"{task}.csv"
         if not path.exists():
@@ -38,49 +71,42 @@ def check_name(name: str, spec: str, leaderboards_dir: Path, tasks: list[str]) -
         df = leaderboard.read(path)
         used = set(df.loc[df["model"] == name, "backbone"].dropna())
         if used - {spec}:
-            raise UsageError(f"--name: {name!r} is already on {path} for backbone {sorted(used)[0]!r}; "
-                             "choose another name")
+            raise SubmitError(f"--name: {name!r} is already on {path} for backbone {sorted(used)[0]!r}; "
+                              "choose another name")
 
 
-def submit(args: argparse.Namespace) -> int:
-    from ncbench import leaderboard
-    from ncbench import sandbox
-    from ncbench.backbones import build_backbone
-    from ncbench.cli import UsageError, _options
-    from ncbench.run import RunOptions, run_task
-    from ncbench.tasks import find_task
-
-    options = _options(args.backbone_option, "--backbone-option")
-    limits = dict(timeout_s=args.timeout_s, memory_gb=args.memory_gb)
-    if sandbox.is_trusted(args.spec):
-        build_backbone(args.spec, **options)  # raises BackboneError naming the spec
+def validate(spec: str, options: dict[str, Any], opts: RunOptions) -> None:
+    """Build ``spec`` and check it on a dummy batch (in its sandbox process when untrusted); raises
+    BackboneError naming the spec."""
+    if sandbox.is_trusted(spec):
+        build_backbone(spec, **options)
     else:
-        sandbox.check_backbone(args.spec, options, workdir_parent=Path(args.out), **limits)
-    names = args.tasks or leaderboard_tasks(args.leaderboards)
+        sandbox.check_backbone(spec, options, workdir_parent=Path(opts.out), timeout_s=opts.timeout_s,
+                               memory_gb=opts.memory_gb)
+
+
+def _failed_units(statuses) -> list[str]:
+    return [u.checkpoint_name for u, st in statuses if st != Status.OK]
+
+
+def submit(sub: Submission, opts: RunOptions, leaderboards_dir: Path) -> SubmitOutcome:
+    """Validate and run a submission; ``opts`` gives the folders, data root and sandbox limits (its backbone
+    and model are set from ``sub``). Every task file is validated, and the name checked against the
+    leaderboards, before anything runs."""
+    validate(sub.spec, sub.backbone_options, opts)
+    names = sub.tasks or leaderboard_tasks(leaderboards_dir)
     if not names:
-        raise UsageError(f"--tasks: no tasks given and no leaderboard CSV in {args.leaderboards}")
-    tasks = [find_task(n) for n in names]  # all task files validated before anything runs
-    check_name(args.name, args.spec, args.leaderboards, [t.name for t in tasks])
-    base = dict(backbone=args.spec, backbone_options=options, model=args.name, data_root=args.data_root, **limits)
-
-    if args.smoke:
-        scratch = Path(args.out) / "smoke"
-        opts = RunOptions(out=scratch, results=scratch / "results", **base)
-        statuses = run_task(find_task(SMOKE_TASK), opts)
-        failed = [u.checkpoint_name for u, st in statuses if st != "ok"]
+        raise SubmitError(f"--tasks: no tasks given and no leaderboard CSV in {leaderboards_dir}")
+    tasks = [find_task(n) for n in names]
+    check_name(sub.name, sub.spec, leaderboards_dir, [t.name for t in tasks])
+    opts = dataclasses.replace(opts, backbone=sub.spec, backbone_options=sub.backbone_options, model=sub.name)
+    if sub.smoke:
+        scratch = Path(opts.out) / "smoke"
+        smoke = dataclasses.replace(opts, out=scratch, results=scratch / "results")
+        failed = _failed_units(run_task(find_task(SMOKE_TASK), smoke))
         if failed:
-            print(f"smoke test failed for {', '.join(failed)}; errors in {opts.results}", file=sys.stderr)
-            return 1
-        log.info("smoke test passed (%d units)", len(statuses))
-
-    opts = RunOptions(out=Path(args.out), results=Path(args.results), **base)
-    failed = []
-    for task in tasks:
-        statuses = run_task(task, opts)
-        failed += [u.checkpoint_name for u, st in statuses if st != "ok"]
-    for path in leaderboard.rebuild(opts.results, args.leaderboards, [t.name for t in tasks]):
-        print(path)
-    if failed:
-        print(f"{len(failed)} units failed: {', '.join(failed)} (their rows say why)", file=sys.stderr)
-        return 1
-    return 0
+            return SubmitOutcome(failed, True, [], smoke.results)
+        log.info("smoke test passed")
+    failed = [name for task in tasks for name in _failed_units(run_task(task, opts))]
+    written = leaderboard.rebuild(opts.results, leaderboards_dir, [t.name for t in tasks])
+    return SubmitOutcome(failed, False, written, Path(opts.results))

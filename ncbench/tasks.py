@@ -21,7 +21,11 @@ from typing import Any
 import yaml
 
 from ncbench.backbones import is_user_spec
-from ncbench.registry import BACKBONES, DATASETS, HEADS, METRICS, Registry, UnknownNameError
+from ncbench.data import dataset_options, load_dataset
+from ncbench.episodes import EpisodeError, sample_episodes, source_images, split_pools
+from ncbench.heads import head_options
+from ncbench.pretrain import PretrainConfig
+from ncbench.registry import BACKBONES, DATASETS, HEADS, METRICS, Registry
 
 TASK_KEYS = {"include", "name", "version", "description", "dataset", "pools", "source_classes",
              "images_per_class", "episodes", "backbone", "pretrain", "heads", "metrics", "layer_eps", "seeds",
@@ -54,6 +58,47 @@ class EpisodeSpec:
 
 
 @dataclass(frozen=True)
+class SlurmOptions:
+    """A task's ``slurm:`` block: Slurm resources of one unit's job (``ncbench run --executor slurm``; CLI
+    flags override it).
+
+    partition/account/qos/constraint: passed to sbatch when set; time_min: the job's time limit in
+    minutes; gpus: GPUs per unit (> 1: that many tasks training with DDP); cpus: CPUs per task (its
+    torch threads, through ``SLURM_CPUS_PER_TASK``); mem_gb: memory per job; max_parallel: array tasks running at once."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    time_min: int = 240
+    gpus: int = 0
+    cpus: int = 4
+    mem_gb: float | None = None
+    max_parallel: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("partition", "account", "qos", "constraint"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, str) or not v):
+                raise ValueError(f"slurm.{name} (--{name}) must be a non-empty string, got {v!r}")
+        for name, low in (("time_min", 1), ("gpus", 0), ("cpus", 1), ("max_parallel", 1)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise ValueError(f"slurm.{name} (--{name.replace('_', '-')}) must be an integer >= {low}, got {v!r}")
+        if self.mem_gb is not None and (isinstance(self.mem_gb, bool) or not isinstance(self.mem_gb, (int, float))
+                                        or self.mem_gb <= 0):
+            raise ValueError(f"slurm.mem_gb (--mem-gb) must be a number > 0, got {self.mem_gb!r}")
+
+    @classmethod
+    def fields(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def override(self, **overrides: Any) -> "SlurmOptions":
+        """These options with the non-None ``overrides`` (CLI flags) on top."""
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclass(frozen=True)
 class Task:
     name: str
     version: int
@@ -71,15 +116,13 @@ class Task:
     metrics: list[str]
     seeds: list[int]
     layer_eps: float = 0.01
-    slurm: dict[str, Any] = field(default_factory=dict)  # Slurm resources per unit (ncbench.executor.SlurmOptions)
+    slurm: SlurmOptions = field(default_factory=SlurmOptions)  # Slurm resources per unit
     description: str = ""
     path: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
-    def pretrain_config(self):
+    def pretrain_config(self) -> PretrainConfig:
         """The ``pretrain:`` block as a :class:`ncbench.pretrain.PretrainConfig`."""
-        from ncbench.pretrain import PretrainConfig
-
         return PretrainConfig(**self.pretrain)
 
 
@@ -193,29 +236,22 @@ def _split_names(c: _Checker, v, fieldname: str) -> list[str] | None:
     return items
 
 
-def parse_task(data: dict, path: str = "<task>") -> Task:
-    """Validate a merged task mapping; raise :class:`TaskError` listing every problem."""
-    c = _Checker(path)
-    for k in sorted(set(data) - TASK_KEYS):
-        c.bad(k, f"unknown field; known fields: {', '.join(sorted(TASK_KEYS - {'include'}))}")
-    name = c.get(data, "name", str)
-    version = c.get(data, "version", int, minimum=1)
-    description = c.get(data, "description", str, default="")
-
+def _dataset(c: _Checker, data: dict) -> tuple[str | None, dict]:
     ds = c.mapping(data, "dataset")
-    ds_name = c.get(ds, "name", str, "dataset.name")
-    if ds_name is not None:
-        c.name_in(DATASETS, ds_name, "dataset.name")
-    ds_options = c.get(ds, "options", dict, "dataset.options", default={})
-    if ds_name is not None and ds_name in DATASETS and ds_options:
-        from ncbench.data import dataset_options
-
-        accepted = dataset_options(ds_name)
-        for k in sorted(set(ds_options) - set(accepted)):
-            c.bad(f"dataset.options.{k}", f"unknown option of dataset {ds_name!r}; known: {', '.join(accepted)}")
+    name = c.get(ds, "name", str, "dataset.name")
+    if name is not None:
+        c.name_in(DATASETS, name, "dataset.name")
+    options = c.get(ds, "options", dict, "dataset.options", default={})
+    if name is not None and name in DATASETS and options:
+        accepted = dataset_options(name)
+        for k in sorted(set(options) - set(accepted)):
+            c.bad(f"dataset.options.{k}", f"unknown option of dataset {name!r}; known: {', '.join(accepted)}")
     for k in sorted(set(ds) - {"name", "options"}):
         c.bad(f"dataset.{k}", "unknown field; known: name, options")
+    return name, options
 
+
+def _pools(c: _Checker, data: dict) -> PoolSpec:
     pools = c.mapping(data, "pools", default={})
     src = _split_names(c, pools.get("source"), "pools.source")
     tgt = _split_names(c, pools.get("target"), "pools.target")
@@ -226,86 +262,114 @@ def parse_task(data: dict, path: str = "<task>") -> Task:
     frac = c.get(pools, "source_fraction", float, "pools.source_fraction", default=0.5)
     if frac is not None and not 0 < frac < 1:
         c.bad("pools.source_fraction", f"expected a number strictly between 0 and 1, got {frac}")
-    pool_seed = c.get(pools, "seed", int, "pools.seed", default=0)
+    seed = c.get(pools, "seed", int, "pools.seed", default=0)
     for k in sorted(set(pools) - {"source", "target", "source_fraction", "seed"}):
         c.bad(f"pools.{k}", "unknown field; known: source, target, source_fraction, seed")
+    return PoolSpec(src, tgt, frac, seed)
 
-    source_classes = c.int_list(data, "source_classes", "source_classes", minimum=2)
-    ipc = c.mapping(data, "images_per_class")
-    train_pc = c.get(ipc, "train", int, "images_per_class.train", minimum=1)
-    test_pc = c.get(ipc, "test", int, "images_per_class.test", minimum=1)
 
+def _episodes(c: _Checker, data: dict) -> EpisodeSpec:
     ep = c.mapping(data, "episodes")
     ways = c.get(ep, "ways", int, "episodes.ways", minimum=2)
     shots = c.int_list(ep, "shots", "episodes.shots", minimum=1)
     queries = c.get(ep, "queries", int, "episodes.queries", minimum=1)
     count = c.get(ep, "count", int, "episodes.count", minimum=1)
-    ep_seed = c.get(ep, "seed", int, "episodes.seed", default=0)
+    seed = c.get(ep, "seed", int, "episodes.seed", default=0)
     for k in sorted(set(ep) - {"ways", "shots", "queries", "count", "seed"}):
         c.bad(f"episodes.{k}", "unknown field; known: ways, shots, queries, count, seed")
+    return EpisodeSpec(ways, shots, queries, count, seed)
 
+
+def _backbone(c: _Checker, data: dict) -> tuple[str | None, dict]:
     bb = c.mapping(data, "backbone")
-    bb_name = c.get(bb, "name", str, "backbone.name")
-    if bb_name is not None:
-        c.name_in(BACKBONES, bb_name, "backbone.name")
-    bb_options = c.get(bb, "options", dict, "backbone.options", default={})
+    name = c.get(bb, "name", str, "backbone.name")
+    if name is not None:
+        c.name_in(BACKBONES, name, "backbone.name")
+    return name, c.get(bb, "options", dict, "backbone.options", default={})
 
+
+def _pretrain(c: _Checker, data: dict) -> dict:
     pretrain = c.mapping(data, "pretrain")
     if pretrain:
         try:
-            from ncbench.pretrain import PretrainConfig
-
             PretrainConfig(**pretrain)
         except TypeError as e:  # unknown keyword
             c.bad("pretrain", f"{e}; known fields: {', '.join(f.name for f in dataclasses.fields(PretrainConfig))}")
         except ValueError as e:
             c.bad("pretrain", str(e))
+    return pretrain
 
+
+def _heads(c: _Checker, data: dict) -> list[dict[str, Any]]:
+    raw = data.get("heads")
+    if not isinstance(raw, list) or not raw:
+        c.bad("heads", f"expected a non-empty list of head names or {{name: ..., options...}} mappings, got {raw!r}")
+        return []
     heads = []
-    raw_heads = data.get("heads")
-    if not isinstance(raw_heads, list) or not raw_heads:
-        c.bad("heads", f"expected a non-empty list of head names or {{name: ..., options...}} mappings, got {raw_heads!r}")
-    else:
-        for i, h in enumerate(raw_heads):
-            h = {"name": h} if isinstance(h, str) else h
-            if not isinstance(h, dict) or "name" not in h:
-                c.bad(f"heads[{i}]", f"expected a head name or a mapping with 'name', got {h!r}")
-                continue
-            c.name_in(HEADS, h["name"], f"heads[{i}].name")
-            if h["name"] in HEADS:
-                allowed = HEADS.get(h["name"]).options
-                for k in sorted(set(h) - {"name"} - set(allowed)):
-                    c.bad(f"heads[{i}].{k}", f"unknown option of head {h['name']!r}; known: {', '.join(allowed) or 'none'}")
-            heads.append(dict(h))
+    for i, h in enumerate(raw):
+        h = {"name": h} if isinstance(h, str) else h
+        if not isinstance(h, dict) or "name" not in h:
+            c.bad(f"heads[{i}]", f"expected a head name or a mapping with 'name', got {h!r}")
+            continue
+        c.name_in(HEADS, h["name"], f"heads[{i}].name")
+        if h["name"] in HEADS:
+            allowed = list(head_options(h["name"]))
+            for k in sorted(set(h) - {"name"} - set(allowed)):
+                c.bad(f"heads[{i}].{k}", f"unknown option of head {h['name']!r}; known: {', '.join(allowed) or 'none'}")
+        heads.append(dict(h))
+    return heads
 
+
+def _metrics(c: _Checker, data: dict) -> list[str]:
     metrics = data.get("metrics", [])
     if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
         c.bad("metrics", f"expected a list of metric names, got {metrics!r}")
-        metrics = []
+        return []
     for i, m in enumerate(metrics):
         c.name_in(METRICS, m, f"metrics[{i}]")
+    return list(metrics)
+
+
+def _slurm(c: _Checker, data: dict) -> SlurmOptions:
+    slurm = c.mapping(data, "slurm", default={})
+    known = SlurmOptions.fields()
+    for k in sorted(set(slurm) - set(known)):
+        c.bad(f"slurm.{k}", f"unknown field; known: {', '.join(known)}")
+    try:
+        return SlurmOptions(**{k: v for k, v in slurm.items() if k in known})
+    except ValueError as e:
+        c.bad("slurm", str(e))
+        return SlurmOptions()
+
+
+def parse_task(data: dict, path: str = "<task>") -> Task:
+    """Validate a merged task mapping; raise :class:`TaskError` listing every problem."""
+    c = _Checker(path)
+    for k in sorted(set(data) - TASK_KEYS):
+        c.bad(k, f"unknown field; known fields: {', '.join(sorted(TASK_KEYS - {'include'}))}")
+    name = c.get(data, "name", str)
+    version = c.get(data, "version", int, minimum=1)
+    description = c.get(data, "description", str, default="")
+    ds_name, ds_options = _dataset(c, data)
+    pools = _pools(c, data)
+    source_classes = c.int_list(data, "source_classes", "source_classes", minimum=2)
+    ipc = c.mapping(data, "images_per_class")
+    train_pc = c.get(ipc, "train", int, "images_per_class.train", minimum=1)
+    test_pc = c.get(ipc, "test", int, "images_per_class.test", minimum=1)
+    episodes = _episodes(c, data)
+    bb_name, bb_options = _backbone(c, data)
+    pretrain = _pretrain(c, data)
+    heads = _heads(c, data)
+    metrics = _metrics(c, data)
     layer_eps = c.get(data, "layer_eps", float, default=0.01, minimum=0.0, maximum=1.0)
     seeds = c.int_list(data, "seeds", "seeds", minimum=0, default=[0])
-    slurm = c.mapping(data, "slurm", default={})
-    if slurm:
-        from ncbench.executor import SlurmOptions
-
-        known = SlurmOptions.fields()
-        for k in sorted(set(slurm) - set(known)):
-            c.bad(f"slurm.{k}", f"unknown field; known: {', '.join(known)}")
-        try:
-            SlurmOptions(**{k: v for k, v in slurm.items() if k in known})
-        except ValueError as e:
-            c.bad("slurm", str(e))
-
+    slurm = _slurm(c, data)
     if c.problems:
         raise TaskError(c.problems)
     return Task(name=name, version=version, description=description, dataset=ds_name, dataset_options=ds_options,
-                pools=PoolSpec(src, tgt, frac, pool_seed), source_classes=source_classes,
-                train_per_class=train_pc, test_per_class=test_pc,
-                episodes=EpisodeSpec(ways, shots, queries, count, ep_seed), backbone=bb_name,
-                backbone_options=bb_options, pretrain=pretrain, heads=heads, metrics=list(metrics),
-                seeds=seeds, layer_eps=layer_eps, slurm=dict(slurm), path=path, raw=data)
+                pools=pools, source_classes=source_classes, train_per_class=train_pc, test_per_class=test_pc,
+                episodes=episodes, backbone=bb_name, backbone_options=bb_options, pretrain=pretrain, heads=heads,
+                metrics=metrics, seeds=seeds, layer_eps=layer_eps, slurm=slurm, path=path, raw=data)
 
 
 def check_base(path: str | os.PathLike) -> None:
@@ -331,9 +395,6 @@ def check_against_data(task: Task, data_root: str | None = None) -> list[str]:
     dataset without its files) raises :class:`ncbench.data.DatasetError`: the caller decides whether
     that is a problem or a skipped check.
     """
-    from ncbench.data import load_dataset
-    from ncbench.episodes import EpisodeError, sample_episodes, source_images, split_pools
-
     where = f"{task.path}: "
     options = dict(task.dataset_options, **({"root": data_root} if data_root else {}))
     ds = load_dataset(task.dataset, **options)

@@ -41,7 +41,7 @@ GRID = tiny_task_dict(pretrain={"epochs": 400, "batch_size": 16, "track_every": 
 
 
 def options(root):
-    from ncbench.run import RunOptions
+    from ncbench.unit import RunOptions
 
     return RunOptions(out=root / "runs", results=root / "results")
 

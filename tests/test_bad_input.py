@@ -458,13 +458,9 @@ CSV_CASES = {
     "csv-empty-file": (lambda df: df.iloc[:0, :0], ["cannot read leaderboard CSV"]),
     "csv-fraction-in-int-column": (_set("shots", "1.5", [0]), ["column 'shots'", "expected integers"]),
 }
-# cases that still fail, with the fix (in a module this file's author does not own)
-KNOWN_BUGS: dict[str, str] = {}  # case id -> why it fails today (strict xfail); empty: every case passes
 
 
-@pytest.mark.parametrize("case", [
-    pytest.param(c, marks=pytest.mark.xfail(strict=True, raises=TypeError, reason=KNOWN_BUGS[c]))
-    if c in KNOWN_BUGS else c for c in CSV_CASES])
+@pytest.mark.parametrize("case", list(CSV_CASES))
 def test_leaderboard_csv(store, capsys, case):
     edit, needles = CSV_CASES[case]
     other = bad_csv(store, edit)
@@ -545,7 +541,6 @@ def test_output(store, capsys, monkeypatch, case):
 CASE_IDS = ([c[0] for c in TASK_FIELD_CASES] + list(TASK_FILE_CASES) + [c[0] for c in TASK_DATA_CASES]
             + list(DATA_CASES) + list(BACKBONE_CASES) + list(CHECKPOINT_CASES) + list(CSV_CASES)
             + list(CSV_FILE_CASES) + ["backbone-option-syntax", "csv-torn-leaderboard-on-submit"] + list(OUTPUT_CASES))
-PASSING_CASE_IDS = [i for i in CASE_IDS if i not in KNOWN_BUGS]
 
 
 def test_matrix_covers_every_category():

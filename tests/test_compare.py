@@ -11,7 +11,7 @@ import pytest
 from ncbench import leaderboard
 from ncbench.cli import main
 from ncbench.compare import compare, format_table, write_csv
-from ncbench.results import write_result
+from ncbench.results import Result, write_result
 
 TASK = "glyphs"
 
@@ -46,7 +46,7 @@ def make_record(model, source_classes, seed, episodes=None, *, task=TASK, hashes
 def make_leaderboard(folder: Path, records) -> Path:
     """Write records under ``folder/results`` and rebuild ``folder/<task>.csv``."""
     for rec in records:
-        write_result(folder / "results", rec)
+        write_result(folder / "results", Result.from_dict(rec))
     (path,) = leaderboard.rebuild(folder / "results", folder)
     return path
 

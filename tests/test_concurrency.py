@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from ncbench import leaderboard
-from ncbench.results import write_result
+from ncbench.results import Result, write_result
 
 WRITERS, UNITS_PER_WRITER = 4, 5
 HEADS, SHOTS = ("ridge", "ncc"), (1, 5)
@@ -42,7 +42,7 @@ def test_concurrent_rebuilds_lose_no_rows_and_never_tear_the_csv(tmp_path):
     def writer(w: int) -> None:
         try:
             for seed in range(UNITS_PER_WRITER):  # as `ncbench run` does: write the result, then rebuild
-                write_result(results, record(f"m{w}", seed))
+                write_result(results, Result.from_dict(record(f"m{w}", seed)))
                 leaderboard.rebuild(results, lb, ["t"])
         except Exception as e:  # collected: an exception in a thread would otherwise vanish
             errors.append(e)

@@ -13,7 +13,8 @@ from ncbench import leaderboard
 from ncbench.cli import main
 from ncbench.compare import compare
 from ncbench.results import iter_results
-from ncbench.run import RunOptions, run_task
+from ncbench.run import run_task
+from ncbench.unit import RunOptions
 from ncbench.tasks import load_task
 
 PROVENANCE_THAT_DIFFERS = ["date", "wall_time_s"]
@@ -59,8 +60,8 @@ def test_same_task_backbone_seed_give_bit_identical_numbers(runs):
     # the raw results too: every per-episode accuracy and every metric, to the last bit
     [(_, rec)], [(_, rec2)] = list(iter_results(results_a)), list(iter_results(results_a2))
     for part in ("unit", "source", "target", "layers", "episodes", "training_curve"):
-        assert rec[part] == rec2[part], part
-    assert rec["provenance"]["checkpoint_sha256"] == rec2["provenance"]["checkpoint_sha256"]
+        assert getattr(rec, part) == getattr(rec2, part), part
+    assert rec.provenance.checkpoint_sha256 == rec2.provenance.checkpoint_sha256
 
 
 def test_every_row_carries_the_hash_of_its_episode_set(runs):
@@ -70,7 +71,7 @@ def test_every_row_carries_the_hash_of_its_episode_set(runs):
         assert df["episodes_hash"].notna().all() and df["episodes_hash"].str.fullmatch(r"[0-9a-f]{16}").all()
         assert (df.groupby("shots")["episodes_hash"].nunique() == 1).all()  # one episode set per shots
     (_, rec), = iter_results(results_a)
-    assert dict(zip(df_a["shots"].astype(str), df_a["episodes_hash"])) == rec["provenance"]["episodes"]
+    assert dict(zip(df_a["shots"].astype(str), df_a["episodes_hash"])) == rec.provenance.episodes
     assert set(df_a["episodes_hash"]).isdisjoint(df_b["episodes_hash"])  # another episode seed, other hashes
 
 

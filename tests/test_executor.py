@@ -14,10 +14,11 @@ from conftest import board, options
 
 from ncbench import executor
 from ncbench.cli import main
-from ncbench.executor import LOST, ExecutorError, SlurmOptions, default_workers, execute
-from ncbench.results import result_path
-from ncbench.run import RunOptions, plan_units
-from ncbench.tasks import TaskError, load_task
+from ncbench.executor import ExecutorError, execute, submitit_parameters
+from ncbench.runtime import default_workers
+from ncbench.results import Status, result_path
+from ncbench.unit import RunOptions, plan_units
+from ncbench.tasks import SlurmOptions, TaskError, load_task
 
 pytest.importorskip("submitit")
 
@@ -74,7 +75,7 @@ def test_a_killed_job_loses_its_unit_and_resubmitting_runs_only_that(grid, tmp_p
     jobs = executor.submit(units, task, opts, SlurmOptions(), "local")
     wait_for("runs/checkpoints/*-s8-*/resume/state.json", tmp_path)  # s = 8 is pretraining: kill it
     jobs[1].cancel()
-    assert executor.wait(jobs, units) == ["ok", LOST]
+    assert executor.wait(jobs, units) == [Status.OK, Status.LOST]
     assert not result_path(opts.results, units[1].key()).exists()
 
     submitted = spy_submit(monkeypatch)
@@ -114,9 +115,9 @@ def test_missing_submitit_gives_a_one_line_install_hint_and_exit_2(grid, tmp_pat
 
 def test_slurm_options_from_task_and_cli(tiny_task_file, tmp_path, capsys):
     task = load_task(tiny_task_file(slurm={"partition": "gpu", "gpus": 2, "time_min": 30}))
-    opts = SlurmOptions.from_task(task, cpus=8, partition=None, max_parallel=4)
+    opts = task.slurm.override(cpus=8, partition=None, max_parallel=4)
     assert opts == SlurmOptions(partition="gpu", gpus=2, time_min=30, cpus=8, max_parallel=4)
-    params = opts.submitit_parameters(task)
+    params = submitit_parameters(opts, task)
     assert params["slurm_partition"] == "gpu" and params["tasks_per_node"] == 2 and params["gpus_per_node"] == 2
     assert params["timeout_min"] == 30 and params["cpus_per_task"] == 8 and params["slurm_array_parallelism"] == 4
     assert "mem_gb" not in params and "slurm_account" not in params

@@ -7,7 +7,9 @@ from PIL import Image
 
 from ncbench.backbones import build_backbone
 from ncbench.checkpoint import Card, save_checkpoint
-from ncbench.features import extract, embed_images, to_input
+from ncbench.backbones import extract
+from ncbench.data.preprocessing import to_input
+from ncbench.features import embed_images
 
 PP = {"image_size": [12, 12], "channels": 1, "mean": [0.4], "std": [0.2]}
 

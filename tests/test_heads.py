@@ -5,7 +5,8 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression, RidgeClassifier
 
-from ncbench.heads import LogisticHead, NCCHead, RidgeHead, episode_accuracy, mean_ci95
+from ncbench.heads import LogisticHead, NCCHead, RidgeHead, build_head, episode_accuracy, head_label
+from ncbench.stats import mean_ci95
 from ncbench.registry import HEADS
 
 
@@ -126,10 +127,10 @@ def test_logistic_agrees_with_rfs_sklearn_settings():
 
 def heads_for(dim):
     center = np.linspace(-1.0, 1.0, dim)
-    return {name: HEADS.get(name)(center=center) if name == "ncc-cl2n" else HEADS.get(name)() for name in HEADS}
+    return {name: build_head({"name": name}, center=center) for name in HEADS}
 
 
-@pytest.mark.parametrize("name", ["ridge", "ncc", "ncc-cl2n", "logistic"])
+@pytest.mark.parametrize("name", HEADS.names())
 def test_batched_equals_per_episode_fit_predict_with_arbitrary_label_set(name):
     label_set = np.array([3, 7, 11, 20, 42])
     sx, sy, qx, _ = make_episodes(10, 5, 2, 6, 16, seed=5, spread=0.4)
@@ -145,17 +146,27 @@ def test_batched_equals_per_episode_fit_predict_with_arbitrary_label_set(name):
 
 def test_registry_lists_heads_and_rejects_unknown_options():
     assert {"ridge", "ncc", "ncc-cl2n", "logistic"} <= set(HEADS.names())
-    assert HEADS.get("ridge")(alpha=0.5).alpha == 0.5
-    assert HEADS.get("logistic")(C=2.0).C == 2.0
-    assert HEADS.get("ncc-cl2n")(center=[0.0, 1.0]).cl2n
+    assert HEADS.get("ridge") is RidgeHead and HEADS.get("ncc") is NCCHead  # classes register themselves
+    assert build_head({"name": "ridge", "alpha": 0.5}).alpha == 0.5
+    assert build_head({"name": "logistic", "C": 2.0}).C == 2.0
+    assert build_head({"name": "ncc-cl2n"}, center=[0.0, 1.0]).cl2n  # the old name: ncc with cl2n=True
+    assert build_head({"name": "ncc", "cl2n": True}, center=[0.0, 1.0]).cl2n
     with pytest.raises(ValueError, match="'lambda'"):
-        HEADS.get("ridge")(**{"lambda": 1.0})
-    with pytest.raises(ValueError, match="'center'"):
-        HEADS.get("ncc")(center=[0.0])
+        build_head({"name": "ridge", "lambda": 1.0})
     with pytest.raises(ValueError, match="alpha"):
-        HEADS.get("ridge")(alpha=0)
+        build_head({"name": "ridge", "alpha": 0})
     with pytest.raises(ValueError, match="C must"):
-        HEADS.get("logistic")(C=-1)
+        build_head({"name": "logistic", "C": -1})
+
+
+def test_head_label_names_only_non_default_options_and_keeps_the_cl2n_name():
+    assert head_label({"name": "ridge", "alpha": 1.0}) == "ridge"
+    assert head_label({"name": "ridge", "alpha": 10}) == "ridge-alpha10"
+    assert head_label({"name": "logistic", "C": 1.0}) == "logistic"
+    assert head_label({"name": "logistic", "C": 0.5}) == "logistic-C0.5"
+    # CL2N is an option of ncc; rows keep the label of the old head name whichever way a task writes it
+    assert head_label({"name": "ncc-cl2n"}) == head_label({"name": "ncc", "cl2n": True}) == "ncc-cl2n"
+    assert head_label({"name": "ncc", "cl2n": False}) == head_label({"name": "ncc-cl2n", "cl2n": False}) == "ncc"
 
 
 def test_episode_accuracy_values_chunking_and_predictions():
@@ -282,8 +293,6 @@ def test_certified_argmax_never_trusts_float32_overflow_or_underflow():
 
 
 def test_build_head_passes_context_only_to_heads_that_take_it():
-    from ncbench.heads import build_head
-
     center = torch.zeros(4, dtype=torch.float64)
     cl2n = build_head({"name": "ncc-cl2n"}, center=center)
     assert cl2n.cl2n and torch.equal(torch.as_tensor(cl2n.center), center)

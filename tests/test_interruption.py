@@ -27,7 +27,8 @@ import pytest
 
 from ncbench import leaderboard
 from ncbench.results import iter_results, load_result
-from ncbench.run import RunOptions, run_task
+from ncbench.run import run_task
+from ncbench.unit import RunOptions
 from ncbench.tasks import load_task
 
 # Every column that a re-run must reproduce: the key and every number (date and wall_time_s differ by nature;
@@ -133,7 +134,7 @@ def cli(args: list[str]) -> None:
 def assert_same_leaderboard(clean_csv: Path, csv: Path) -> int:
     """Assert equal leaderboards on every column but date / wall_time_s; return the number of rows."""
     clean, other = leaderboard.read(clean_csv), leaderboard.read(csv)
-    columns = [c for c in leaderboard.COLUMNS if c not in PROVENANCE_THAT_DIFFERS]
+    columns = [c for c in leaderboard.columns() if c not in PROVENANCE_THAT_DIFFERS]
     pd.testing.assert_frame_equal(clean[columns], other[columns], check_exact=True)
     return len(other)
 
@@ -163,7 +164,7 @@ def test_sigkill_at_every_stage_then_rerun_gives_the_same_leaderboard(slow_task,
         if csv.exists():  # a leaderboard on disk is always a whole one
             leaderboard.read(csv)
         for _, rec in iter_results(tmp_path / "results"):  # no result file is ever failed by a kill
-            assert rec["status"] == "ok", stage
+            assert rec.ok, stage
     assert list(tmp_path.rglob("*.tmp")), "the kills left no temporary file behind: nothing was tested"
     cli(args)
     assert assert_same_leaderboard(clean_csv, csv) == 2 * 3 * 2  # units x heads x shots: no row lost
@@ -221,7 +222,7 @@ def test_truncated_result_and_stray_temp_files_are_never_read_as_complete(finish
     new = load_result(path)
     old = json.loads(good)
     for part in ("source", "target", "layers", "episodes", "unit"):
-        assert new[part] == old[part], part
+        assert new.to_dict()[part] == old[part], part
     leaderboard.rebuild(root / "results", root / "lb")
     assert_same_leaderboard(finished[1] / "lb" / "tiny.csv", root / "lb" / "tiny.csv")
 
@@ -236,4 +237,4 @@ def test_truncated_feature_file_is_recomputed(finished, tmp_path):
     feature_files[0].write_bytes(cut[: len(cut) // 2])
     assert [st for _, st in run_task(task, opts)] == ["ok"]
     assert feature_files[0].read_bytes() == cut  # recomputed, bit for bit
-    assert load_result(path)["episodes"] == old["episodes"]
+    assert load_result(path).to_dict()["episodes"] == old["episodes"]

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 import ncbench.metrics as M
-from ncbench.backbones import build_backbone
-from ncbench.features import extract
+from ncbench.backbones import build_backbone, extract
 from ncbench.layerwise import LayerCurves, layer_collapse
 from ncbench.registry import BACKBONES
 

@@ -122,6 +122,13 @@ def bf_nc4(F, y, W, b=None):
     return np.mean([int(np.argmax(W @ f + b)) != bf_nearest(f, mu) for f in F])
 
 
+def bf_classifier_accuracy(F, y, W, b=None):
+    """Rows of W are the classes of y in sorted order."""
+    classes = np.sort(np.unique(y))
+    b = np.zeros(len(W)) if b is None else b
+    return np.mean([classes[int(np.argmax(W @ f + b))] == label for f, label in zip(F, y)])
+
+
 def bf_ncc_accuracy(F, y, T, t):
     classes, _, mu, _ = bf_means(F, y)
     return np.mean([classes[bf_nearest(f, mu)] == label for f, label in zip(T, t)])
@@ -206,6 +213,7 @@ def test_collapse_report_matches_brute_force(case):
         "ncc_train_acc": bf_ncc_accuracy(F, y, F, y), "nc3": bf_nc3(F, y, W), "nc4": bf_nc4(F, y, W, b),
         "cdnv_test": bf_cdnv(T, t), "ncc_test_acc": bf_ncc_accuracy(F, y, T, t),
         "strong_test_collapse": bf_strong(F, y, T, t), "weak_test_collapse": bf_weak(F, y, T),
+        "source_train_acc": bf_classifier_accuracy(F, y, W, b), "source_test_acc": bf_classifier_accuracy(T, t, W, b),
     }
     assert got.pop("nc_rank_limited") is (len(W) - 1 > W.shape[1])  # K − 1 > m: NC2 / NC3 cannot reach 0
     assert set(got) == set(want)
@@ -345,7 +353,8 @@ def test_streaming_matches_functional(case):
     test_stats.update(T, t)
     streamed = M.report(stats, train_pass, test_stats, test_pass)
     functional = M.collapse_report(F, y, T, t, W, b)
-    assert set(streamed) == set(functional) - {"nc1_subset5"}  # subsets need the features themselves
+    # subsets and classifier accuracies need the features themselves
+    assert set(streamed) == set(functional) - {"nc1_subset5", "source_train_acc", "source_test_acc"}
     for key in streamed:
         assert close(streamed[key], functional[key]), key
 
@@ -473,16 +482,34 @@ def test_nc1_variants_are_comparable_across_k_where_nc1_is_not():
 
 
 # ------------------------------------------------------------------------------------- registry
-def test_registry_records():
-    expected = {"cdnv": False, "nc1": False, "nc2": False, "nc2_equinorm": False, "nc2_equiangularity": False,
-                "nc3": False, "nc4": False, "ncc_accuracy": True, "strong_test_collapse": False,
-                "weak_test_collapse": False, "effective_depth": None, "nc1_quotient": False, "nc1_subsets": False}
-    assert set(METRICS.names()) == set(expected)
-    for name, direction in expected.items():
+@pytest.mark.parametrize("name", METRICS.names())
+def test_registry_entry(name):
+    """Every registered metric: a typed record with its function, a direction, a description and columns
+    whose scopes, kinds and names the pipeline can use; on random data every column it declares computes."""
+    info = METRICS.get(name)
+    assert isinstance(info, M.MetricInfo) and info.name == name and info.description
+    assert info.higher_is_better in (True, False, None) and callable(info.function) and info.columns
+    F, y = make_data(4, 6, [20, 15, 25, 30], seed=1)
+    T, t = F[::3], y[::3]  # every class appears among the test samples
+    W = np.random.default_rng(0).standard_normal((4, 6))
+    evidence = {"source": M.SourceEvidence(F, y, T, t, W), "target": M.TargetEvidence(F, y, np.arange(len(y)) % 2 == 0)}
+    for column in info.columns:
+        assert column.name is None or column.name == column.name.lower().replace("-", "_")
+        if column.scope in evidence:
+            value = column.compute(evidence[column.scope])
+            assert type(value) is column.kind or (column.kind is float and isinstance(value, float)), column
+
+
+def test_registry_directions():
+    """The directions compare and report show (↑ / ↓): accuracies up, collapse measures down, diagnostics none."""
+    for name in METRICS.names():
         info = METRICS.get(name)
-        assert isinstance(info, M.MetricInfo)
-        assert (info.name, info.higher_is_better) == (name, direction)
-        assert info.description and callable(getattr(M, name))
+        if name.endswith("accuracy"):
+            assert info.higher_is_better is True, name
+        elif name in ("effective_depth", "nc_rank_limited"):
+            assert info.higher_is_better is None, name
+        else:
+            assert info.higher_is_better is False, name
 
 
 # ---------------------------------------------------------------------------------- bad inputs

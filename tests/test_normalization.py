@@ -8,12 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-import ncbench.run
+import ncbench.unit
 from ncbench.checkpoint import read_card
 from ncbench.data import TRAIN, ImageDataset
 from ncbench.data.base import mean_std
-from ncbench.features import embed_images, preprocessing_of
-from ncbench.run import RunOptions, plan_units, pretrain_unit, target_indices, unit_data, unit_features
+from ncbench.data.preprocessing import preprocessing_of
+from ncbench.features import embed_images
+from ncbench.unit import RunOptions, features_here, plan_units, pretrain_here, target_indices, unit_data
 from ncbench.tasks import load_task
 
 QUICK = {"epochs": 1, "batch_size": 16, "track_every": 0}
@@ -60,7 +61,7 @@ def test_card_statistics_are_the_source_pool_train_images(tiny_task_file, tmp_pa
     ds = data.dataset
     pool_train = np.isin(ds.labels, data.source_pool) & (ds.split == TRAIN)
     mean, std = brute_force(ds.images[pool_train])
-    cards = [read_card(pretrain_unit(u, opts)) for u in units]
+    cards = [read_card(pretrain_here(u, opts)) for u in units]
     for card in cards:
         assert card.preprocessing["mean"] == [pytest.approx(mean[0], abs=1e-12)]
         assert card.preprocessing["std"] == [pytest.approx(std[0], abs=1e-12)]
@@ -71,7 +72,7 @@ def test_card_statistics_are_the_source_pool_train_images(tiny_task_file, tmp_pa
     assert brute_force(ds.images[ds.split == TRAIN])[0][0] != pytest.approx(mean[0], abs=1e-6)
 
     # embed_images on raw images still equals the pipeline's features (source and target images)
-    feats = unit_features(units[0], opts, data)
+    feats = features_here(units[0], opts, data)
     tgt = target_indices(data)
     for idx, expected in ((data.train_idx, feats.train), (tgt, feats.target)):
         given = [Image.fromarray(ds.images[i][..., 0]) for i in idx]
@@ -84,7 +85,7 @@ def test_target_pool_pixels_do_not_reach_the_checkpoint(tiny_task_file, tmp_path
     (unit,) = plan_units(task, opts)
     data = unit_data(unit, opts)
     ds = data.dataset
-    card = read_card(pretrain_unit(unit, opts))
+    card = read_card(pretrain_here(unit, opts))
 
     target_train = np.flatnonzero(np.isin(ds.labels, data.target_pool) & (ds.split == TRAIN))
     images = ds.images.copy()
@@ -94,9 +95,9 @@ def test_target_pool_pixels_do_not_reach_the_checkpoint(tiny_task_file, tmp_path
     all_train = np.flatnonzero(ds.split == TRAIN)
     assert mean_std(images, all_train) != mean_std(ds.images, all_train)
 
-    monkeypatch.setattr(ncbench.run, "dataset_for", lambda task, data_root: changed)
+    monkeypatch.setattr(ncbench.unit, "dataset_for", lambda task, data_root: changed)
     other = RunOptions(out=tmp_path / "other", results=tmp_path / "other-results")
-    again = read_card(pretrain_unit(unit, other))
+    again = read_card(pretrain_here(unit, other))
     assert again.preprocessing == card.preprocessing  # mean / std unchanged, to the last bit
     assert again.sha256 == card.sha256  # and so are the weights: the target pool's pixels never entered
 

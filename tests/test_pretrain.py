@@ -10,12 +10,12 @@ import safetensors.torch
 import torch
 
 import ncbench.pretrain as pretrain_module
-from ncbench.backbones import build_backbone
+from ncbench.backbones import build_backbone, extract
 from ncbench.checkpoint import CheckpointError, load_checkpoint, load_classifier, read_weights
 from ncbench.data.base import ImageDataset
-from ncbench.features import extract
 from ncbench.pretrain import PretrainConfig, pretrain, simplex_etf
 from ncbench.registry import BACKBONES
+from ncbench.tracking import CollapseTracker
 
 
 def make_dataset(k=4, per_class=12, size=12, channels=1, seed=0):
@@ -118,7 +118,7 @@ def test_same_seed_same_weights_other_seed_other_weights(data, tmp_path):
 def test_interrupted_run_resumes_to_identical_weights_and_curve(data, tmp_path, monkeypatch):
     ds, tr, te = data
     config = PretrainConfig(**{**FAST, "epochs": 5, "track_every": 2})
-    full = pretrain("tiny-conv", ds, tr, te, config, tmp_path / "full", seed=0)
+    full = pretrain("tiny-conv", ds, tr, te, config, tmp_path / "full", seed=0, tracker=CollapseTracker())
 
     real_epoch, calls = pretrain_module._train_epoch, []
 
@@ -130,11 +130,11 @@ def test_interrupted_run_resumes_to_identical_weights_and_curve(data, tmp_path, 
 
     monkeypatch.setattr(pretrain_module, "_train_epoch", dies_in_epoch_four)
     with pytest.raises(KeyboardInterrupt):
-        pretrain("tiny-conv", ds, tr, te, config, tmp_path / "resumed", seed=0)
+        pretrain("tiny-conv", ds, tr, te, config, tmp_path / "resumed", seed=0, tracker=CollapseTracker())
     state = json.loads((tmp_path / "resumed" / "resume" / "state.json").read_text())
     assert state["epoch"] == 3 and not (tmp_path / "resumed" / "card.json").exists()
     monkeypatch.setattr(pretrain_module, "_train_epoch", real_epoch)
-    resumed = pretrain("tiny-conv", ds, tr, te, config, tmp_path / "resumed", seed=0)
+    resumed = pretrain("tiny-conv", ds, tr, te, config, tmp_path / "resumed", seed=0, tracker=CollapseTracker())
     assert_same_weights(weights(full), weights(resumed))
     assert (full / "curve.csv").read_text() == (resumed / "curve.csv").read_text()
     assert not (resumed / "resume").exists()
@@ -245,7 +245,8 @@ def test_pickles_are_refused_unless_allowed(tmp_path):
 
 def test_tracking_writes_curves_at_tracked_epochs(data, tmp_path):
     ds, tr, te = data
-    out = pretrain("tiny-conv", ds, tr, te, PretrainConfig(**{**FAST, "epochs": 3, "track_every": 2}), tmp_path, seed=0)
+    out = pretrain("tiny-conv", ds, tr, te, PretrainConfig(**{**FAST, "epochs": 3, "track_every": 2}), tmp_path, seed=0,
+                   tracker=CollapseTracker())
     rows = list(csv.DictReader((out / "curve.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
     assert [r["nc1"] != "" for r in rows] == [True, False, True, True]  # epoch 0, every 2, and the last
@@ -264,15 +265,15 @@ def test_tracking_writes_curves_at_tracked_epochs(data, tmp_path):
 def test_tracking_honours_layer_eps(data, tmp_path):
     ds, tr, te = data
     config = PretrainConfig(**{**FAST, "epochs": 1, "track_every": 1})
-    loose = pretrain("tiny-conv", ds, tr, te, config, tmp_path / "loose", seed=0, layer_eps=1.0)
-    strict = pretrain("tiny-conv", ds, tr, te, config, tmp_path / "strict", seed=0, layer_eps=0.0)
+    loose = pretrain("tiny-conv", ds, tr, te, config, tmp_path / "loose", seed=0, tracker=CollapseTracker(1.0))
+    strict = pretrain("tiny-conv", ds, tr, te, config, tmp_path / "strict", seed=0, tracker=CollapseTracker(0.0))
     rows = {name: list(csv.DictReader((out / "curve.csv").open()))[-1] for name, out in (("loose", loose), ("strict", strict))}
     layers = [r for r in csv.DictReader((strict / "layer_curve.csv").open()) if r["epoch"] == "1" and r["variant"] == "flat"]
     assert rows["loose"]["effective_depth"] == "1"  # every error rate is <= 1
     want = next((i + 1 for i, r in enumerate(layers) if r["ncc_errors"] == "0"), len(layers))
     assert rows["strict"]["effective_depth"] == str(want)
     with pytest.raises(ValueError, match="eps must be an error rate"):
-        pretrain("tiny-conv", ds, tr, te, config, tmp_path / "bad", seed=0, layer_eps=1.5)
+        CollapseTracker(1.5)
 
 
 @pytest.mark.slow
@@ -282,7 +283,7 @@ def test_conv4_on_glyphs_collapses(tmp_path):
     ds = load_dataset("glyphs", classes=20, per_class=60)
     tr, te = np.flatnonzero(ds.split == 0), np.flatnonzero(ds.split == 1)
     config = PretrainConfig(epochs=12, batch_size=64, lr=0.05, track_every=4)
-    out = pretrain("conv4", ds, tr, te, config, tmp_path, seed=0)
+    out = pretrain("conv4", ds, tr, te, config, tmp_path, seed=0, tracker=CollapseTracker())
     tracked = [r for r in csv.DictReader((out / "curve.csv").open()) if r["nc1"]]
     assert float(tracked[-1]["train_acc"]) == 1.0
     for key in ("cdnv_train", "nc1"):

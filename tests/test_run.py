@@ -11,7 +11,8 @@ import pytest
 from ncbench import leaderboard
 from ncbench.cli import main
 from ncbench.results import load_result
-from ncbench.run import RunOptions, plan_units, run_task
+from ncbench.run import run_task
+from ncbench.unit import RunOptions, plan_units
 from ncbench.tasks import load_task
 
 
@@ -27,27 +28,27 @@ def test_run_writes_results_and_leaderboard(tiny_task_file, opts, tmp_path):
     files = sorted((opts.results / "tiny").rglob("*.json"))
     assert len(files) == 2
     rec = load_result(files[0])
-    assert rec["unit"]["source_classes"] == 4 and rec["unit"]["task_version"] == 1
-    assert len(rec["source_classes"]) == 4 and len(rec["training_curve"]) == 3  # epochs 0, 1, 2 tracked
-    for ep in rec["episodes"]:
-        acc = np.array(ep["per_episode"])
-        assert ep["n"] == 20 and len(acc) == 20 and ((acc >= 0) & (acc <= 1)).all()
-        assert ep["acc_mean"] == pytest.approx(acc.mean())
-        assert ep["acc_ci95"] == pytest.approx(1.96 * acc.std(ddof=1) / np.sqrt(20))
-    src = rec["source"]
+    assert rec.unit.source_classes == 4 and rec.unit.task_version == 1
+    assert len(rec.source_classes) == 4 and len(rec.training_curve) == 3  # epochs 0, 1, 2 tracked
+    for ep in rec.episodes:
+        acc = np.array(ep.per_episode)
+        assert ep.n == 20 and len(acc) == 20 and ((acc >= 0) & (acc <= 1)).all()
+        assert ep.acc_mean == pytest.approx(acc.mean())
+        assert ep.acc_ci95 == pytest.approx(1.96 * acc.std(ddof=1) / np.sqrt(20))
+    src = rec.source
     assert 0 <= src["source_train_acc"] <= 1 and src["cdnv_train"] > 0 and src["nc1"] > 0
     assert 1 <= src["effective_depth"] <= 2  # tiny-conv flat: block1, penultimate (= block2 flattened)
-    assert {(l["variant"], l["layer"]) for l in rec["layers"]} >= {("flat", "penultimate"), ("pooled", "penultimate")}
+    assert {(l["variant"], l["layer"]) for l in rec.layers} >= {("flat", "penultimate"), ("pooled", "penultimate")}
     # one definition: the leaderboard's layer curves are the training curve's last tracked ones
     n_train = 4 * task.train_per_class
-    assert all(l["n"] == n_train for l in rec["layers"])  # every source train image
-    assert src["effective_depth"] == rec["training_curve"][-1]["effective_depth"]
-    flat = [l for l in rec["layers"] if l["variant"] == "flat"]
+    assert all(l["n"] == n_train for l in rec.layers)  # every source train image
+    assert src["effective_depth"] == rec.training_curve[-1]["effective_depth"]
+    flat = [l for l in rec.layers if l["variant"] == "flat"]
     assert src["effective_depth_reached"] is any(l["ncc_errors"] <= task.layer_eps * l["n"] for l in flat)
     last = [r for r in csv.DictReader(open(next((opts.out / "checkpoints").glob("*s4-*")) / "layer_curve.csv"))
             if r["epoch"] == "2"]
     assert [(r["layer"], r["variant"], int(r["ncc_errors"])) for r in last] == \
-        [(l["layer"], l["variant"], l["ncc_errors"]) for l in rec["layers"]]
+        [(l["layer"], l["variant"], l["ncc_errors"]) for l in rec.layers]
     assert src["nc1_subset5"] > 0 and src["nc1_quotient"] > 0 and src["nc_rank_limited"] is False
 
     paths = leaderboard.rebuild(opts.results, tmp_path / "lb")
@@ -79,7 +80,7 @@ def test_rerun_skips_finished_units_and_reuses_features(tiny_task_file, opts, mo
     assert [st for _, st in run_task(task, forced)] == ["ok"]
     (path,) = before
     old, new = json.loads(before[path]), load_result(path)
-    assert old["episodes"] == new["episodes"] and old["source"] == new["source"]
+    assert old["episodes"] == new.to_dict()["episodes"] and old["source"] == new.source
 
 
 def test_failed_unit_is_a_row_with_its_error(tiny_task_file, opts, tmp_path):
@@ -103,8 +104,8 @@ def test_episodes_identical_across_backbones(tiny_task_file, opts):
     assert (hashes == 1).all()
     # same episodes, different features: per-episode accuracies differ
     a, b = (load_result(p) for p in sorted(opts.results.rglob("*.json")))
-    assert a["provenance"]["episodes"] == b["provenance"]["episodes"]
-    assert a["episodes"][0]["per_episode"] != b["episodes"][0]["per_episode"]
+    assert a.provenance.episodes == b.provenance.episodes
+    assert a.episodes[0].per_episode != b.episodes[0].per_episode
 
 
 def test_grid_and_overrides(tiny_task_file):
@@ -196,12 +197,3 @@ def test_killed_run_resumes_to_the_same_leaderboard(tiny_task_file, tmp_path):
     clean = leaderboard.read(tmp_path / "clean" / "lb" / "tiny.csv")
     resumed = leaderboard.read(killed / "lb" / "tiny.csv")
     pd.testing.assert_frame_equal(clean[leaderboard.KEY + NUMBERS], resumed[leaderboard.KEY + NUMBERS])
-
-
-def test_head_label_names_only_non_default_options():
-    from ncbench.run import head_label
-
-    assert head_label({"name": "ridge", "alpha": 1.0}) == "ridge"
-    assert head_label({"name": "ridge", "alpha": 10}) == "ridge-alpha10"
-    assert head_label({"name": "logistic", "C": 1.0}) == "logistic"
-    assert head_label({"name": "logistic", "C": 0.5}) == "logistic-C0.5"

@@ -18,7 +18,8 @@ from ncbench.checkpoint import CheckpointError, load_checkpoint, read_card, read
 from ncbench.cli import main
 from ncbench.layerwise import LayerCurves
 from ncbench.results import iter_results
-from ncbench.run import RunOptions, UnitFeatures, run_task
+from ncbench.run import run_task
+from ncbench.unit import RunOptions, UnitFeatures
 from ncbench.sandbox import SandboxError, load_features, save_features
 from ncbench.tasks import load_task
 
@@ -73,7 +74,7 @@ def small_task(tiny_task_file):
 
 
 def rows(results):
-    return {r["unit"]["seed"]: r for _, r in iter_results(results)}
+    return {r.unit.seed: r for _, r in iter_results(results)}
 
 
 @pytest.mark.slow
@@ -83,12 +84,12 @@ def test_crash_exit_memory_and_hang_fail_their_own_rows(small_task, tmp_path):
     statuses = run_task(small_task([1000, 1001, 1002, 1003, 1004]), opts)
     assert [st for _, st in statuses] == ["failed"] * 4 + ["ok"]
     rec = rows(opts.results)
-    assert "crashed with signal SIGSEGV" in rec[1000]["error"]
-    assert "crashed with exit code 7" in rec[1001]["error"]
-    assert "memory limit 8 GB exceeded" in rec[1002]["error"] and "can't allocate memory" in rec[1002]["error"]
-    assert "timeout after 30 s" in rec[1003]["error"]
-    assert all(spec in rec[s]["error"] for s in range(1000, 1004))
-    assert rec[1004]["target"]["ncc_acc"] > 0 and len(rec[1004]["episodes"]) == 6
+    assert "crashed with signal SIGSEGV" in rec[1000].error
+    assert "crashed with exit code 7" in rec[1001].error
+    assert "memory limit 8 GB exceeded" in rec[1002].error and "can't allocate memory" in rec[1002].error
+    assert "timeout after 30 s" in rec[1003].error
+    assert all(spec in rec[s].error for s in range(1000, 1004))
+    assert rec[1004].target["ncc_acc"] > 0 and len(rec[1004].episodes) == 6
     assert not list((tmp_path / "runs").glob(".sandbox-*"))  # job folders are removed
     df = leaderboard.build(opts.results, "tiny")
     assert df.groupby("seed")["status"].first().to_dict() == {1000: "failed", 1001: "failed", 1002: "failed",
@@ -146,8 +147,8 @@ def test_sandboxed_numbers_equal_in_process(small_task, tmp_path, capsys):
             assert capsys.readouterr().out.strip() == str(ckpt) and module not in sys.modules
     a, b = records["sandbox"], records["in-process"]
     for key in ("source", "target", "layers", "episodes", "source_classes", "training_curve"):
-        assert a[key] == b[key], key
-    assert a["provenance"]["checkpoint_sha256"] == b["provenance"]["checkpoint_sha256"]
+        assert getattr(a, key) == getattr(b, key), key
+    assert a.provenance.checkpoint_sha256 == b.provenance.checkpoint_sha256
     # the child normalised with the same source-pool statistics as this process
     cards = [read_card(next((tmp_path / name / "checkpoints").iterdir())) for name in ("sandbox", "in-process")]
     assert cards[0].preprocessing == cards[1].preprocessing

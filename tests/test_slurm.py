@@ -15,8 +15,8 @@ import pytest
 from conftest import board, options
 
 from ncbench import executor
-from ncbench.executor import SlurmOptions
-from ncbench.run import plan_units
+from ncbench.tasks import SlurmOptions
+from ncbench.unit import plan_units
 
 pytestmark = pytest.mark.slow
 CLUSTER = Path(__file__).resolve().parent / "slurm" / "cluster.sh"

@@ -18,7 +18,8 @@ from ncbench.backbones import build_backbone
 from ncbench.checkpoint import Card, load_checkpoint, save_checkpoint
 from ncbench.data import TRAIN, DatasetError, ImageDataset, load_dataset
 from ncbench.data.transforms import KEYS, check_transform, decode, decode_arrays, make_transform, plain_transform
-from ncbench.features import FeatureCache, embed_images, pil_to_array, preprocessing_of
+from ncbench.data.preprocessing import pil_to_array, preprocessing_of
+from ncbench.features import FeatureCache, embed_images
 from ncbench.registry import DATASETS
 
 from test_data import OMNIGLOT_SMALL, tiny_copy  # tiny copies in the real on-disk formats (tests/ is on sys.path)

@@ -8,6 +8,7 @@ Importing this package registers the built-in architectures (``conv4``, ``resnet
 
 from ncbench.backbones import conv, mlp, resnet  # noqa: F401  (registers the architectures)
 from ncbench.backbones.base import Backbone, image_hw
+from ncbench.backbones.forward import extract
 from ncbench.backbones.build import (
     ENTRY_POINT_GROUP,
     BackboneError,
@@ -23,6 +24,7 @@ __all__ = [
     "Backbone",
     "BackboneError",
     "build_backbone",
+    "extract",
     "image_hw",
     "is_user_spec",
     "probe_layers",

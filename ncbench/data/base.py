@@ -39,7 +39,7 @@ class ImageDataset:
                   None means "convert to L / RGB and resize" (filled in for C = 1 or 3).
 
     There are no normalisation statistics here: they are fitted on chosen images only (the source pool's
-    TRAIN images in a task) by :func:`ncbench.features.preprocessing_of`, never on the whole dataset.
+    TRAIN images in a task) by :func:`ncbench.data.preprocessing.preprocessing_of`, never on the whole dataset.
     """
 
     name: str

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import logging
 import math
 import os
-import tempfile
 import time
 import unicodedata
 import zipfile
@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from ncbench.data.base import TEST, TRAIN, DatasetError, ImageDataset
 from ncbench.data.common import default_cache_dir
 from ncbench.data.transforms import decode_arrays, make_transform
+from ncbench.files import atomic_write
 from ncbench.registry import register_dataset
 
 log = logging.getLogger(__name__)
@@ -280,14 +281,9 @@ def _read_cache(path: Path, codepoints: np.ndarray, shape: tuple[int, ...]) -> n
 
 def _write_cache(path: Path, images: np.ndarray, codepoints: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, images=images, codepoints=codepoints)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    np.savez(buf, images=images, codepoints=codepoints)
+    atomic_write(path, buf.getvalue())
 
 
 @register_dataset("glyphs")

@@ -59,7 +59,7 @@ def _from_folder(root: Path, transform: dict) -> tuple[list[str], list[np.ndarra
 def _from_hf(dataset, transform: dict) -> tuple[list[str], list[np.ndarray], list[int]]:
     """Rows of a ``datasets.Dataset`` / ``DatasetDict`` with an image column and a ``label`` column
     (ClassLabel or string wnids); classes are taken in sorted name order."""
-    import datasets
+    import datasets  # lazy: Hugging Face datasets takes seconds to import; only this path needs it
 
     parts = list(dataset.values()) if isinstance(dataset, datasets.DatasetDict) else [dataset]
     rows: list[tuple[str, Image.Image]] = []
@@ -109,14 +109,14 @@ def load(
     size = check_size("mini-imagenet", image_size)
     transform = make_transform("RGB", (size, size))
     if download:
-        import datasets
+        import datasets  # lazy: Hugging Face datasets takes seconds to import; only this path needs it
 
         log.info("mini-imagenet: loading %s from the Hugging Face hub", hub_name)
         names, images, labels = _from_hf(datasets.load_dataset(hub_name, cache_dir=root), transform)
     else:
         path = require_root("mini-imagenet", root, _EXPECTED, downloadable=True)
         if path.is_dir() and any((path / m).is_file() for m in _HF_MARKERS):
-            import datasets
+            import datasets  # lazy: Hugging Face datasets takes seconds to import; only this path needs it
 
             names, images, labels = _from_hf(datasets.load_from_disk(str(path)), transform)
         elif path.is_dir():

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from ncbench.data.base import DatasetError, ImageDataset
 from ncbench.data.common import (check_size, default_cache_dir, missing_files_error, per_class_split, require_root,
                                  read_image, seeded_class_splits)
 from ncbench.data.transforms import make_transform
+from ncbench.files import atomic_folder
 from ncbench.registry import register_dataset
 
 log = logging.getLogger(__name__)
@@ -34,18 +33,11 @@ def _extract(archive: Path, cache_dir: Path) -> Path:
     key = hashlib.sha256(f"{archive.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     target = cache_dir / "omniglot" / f"{archive.stem}-{key}"
     if not target.is_dir():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=target.name + ".tmp"))
         try:
-            with zipfile.ZipFile(archive) as z:
+            with atomic_folder(target) as tmp, zipfile.ZipFile(archive) as z:
                 z.extractall(tmp)
         except zipfile.BadZipFile as err:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise missing_files_error("omniglot", archive, _EXPECTED, downloadable=False, cause=str(err)) from err
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first
-            shutil.rmtree(tmp, ignore_errors=True)
         log.info("omniglot: extracted %s into %s", archive, target)
     entries = [p for p in target.iterdir() if not p.name.startswith((".", "__MACOSX"))]
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else target

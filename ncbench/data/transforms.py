@@ -1,7 +1,7 @@
 """The evaluation transform of a dataset: how one raw image becomes one row of ``ImageDataset.images``.
 
 A *transform record* is a small JSON-serialisable dict kept on the dataset (``ImageDataset.transform``)
-and, through :func:`ncbench.features.preprocessing_of`, in every checkpoint card
+and, through :func:`ncbench.data.preprocessing.preprocessing_of`, in every checkpoint card
 (``card.preprocessing["transform"]``)::
 
     {"mode": "L", "invert": true, "transpose": false, "resize": [28, 28], "resample": "bilinear"}

@@ -8,6 +8,10 @@ Each function runs the same two passes as the streaming accumulators of
 :mod:`ncbench.metrics.streaming` over the whole input: pass 1 (:class:`ClassStatistics`) gives the
 class means and per-class variances, pass 2 (:class:`ReferencedStatistics`) measures samples against
 the final means (NC1 / test-collapse projections, nearest-mean decisions, NC4).
+
+Each metric is registered where it is defined (:func:`ncbench.metrics.info.metric`) with the columns it
+produces in the pipeline; a column's ``compute`` reads the shared passes of its scope's evidence
+(:mod:`ncbench.metrics.evidence`), so a unit's metrics cost one pass 1 and one pass 2 however many are listed.
 """
 
 from __future__ import annotations
@@ -18,17 +22,22 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ncbench.metrics.info import metric
+from ncbench.metrics.info import Column, metric
 from ncbench.metrics.kernels import (
     as_features,
     as_labels,
+    check_weight,
     codes_in,
     compute_device,
     encode_labels,
+    classifier_argmax,
     mean_over_pairs,
     nc2_values,
+    nc3_value,
+    rank_limited,
+    row_chunks,
 )
-from ncbench.metrics.streaming import ClassStatistics, ReferencedStatistics, report
+from ncbench.metrics.streaming import ClassStatistics, ReferencedStatistics
 
 
 def _class_statistics(features, labels, names: tuple[str, str] = ("features", "labels")) -> ClassStatistics:
@@ -56,7 +65,38 @@ def _referenced(stats: ClassStatistics, features, labels=None, names=("features"
     return passed
 
 
-@metric("cdnv", higher_is_better=False)
+@metric("classifier_accuracy", higher_is_better=True, columns=[
+    Column("source_train_acc", "source", lambda e: classifier_accuracy(
+        e.train_features, e.classifier_rows(e.train_labels), e.weight, e.bias), needs=("classifier", "features"),
+        curve="train_acc", plot=True),
+    Column("source_test_acc", "source", lambda e: classifier_accuracy(
+        e.test_features, e.classifier_rows(e.test_labels), e.weight, e.bias), needs=("classifier", "features", "test"),
+        curve="test_acc", headline=True, plot=True),
+])
+def classifier_accuracy(features, labels, weight, bias=None) -> float:
+    """Accuracy of a linear classifier: fraction of samples with argmax_c (⟨a_c, f⟩ + b_c) = their label.
+
+    features: [N, m] float; labels: [N] int in 0..K−1, the classifier row of each sample's class;
+    weight: [K, m]; bias: [K] or None. Scores in float64.
+    """
+    f = as_features(features)
+    device = compute_device(f)
+    y = as_labels(labels, f.shape[0], device)
+    k = as_features(weight, "weight").shape[0]
+    a, b = check_weight(weight, bias, k, f.shape[1], device)
+    if int(y.min()) < 0 or int(y.max()) >= k:
+        raise ValueError(f"labels must be classifier rows in 0..{k - 1}, got values in {int(y.min())}..{int(y.max())}")
+    hits = sum(int((classifier_argmax(chunk, a, b) == y[rows]).sum()) for rows, chunk in row_chunks(f, k, device))
+    return hits / f.shape[0]
+
+
+@metric("cdnv", higher_is_better=False, columns=[
+    Column("cdnv_train", "source", lambda e: mean_over_pairs(e.train_stats.cdnv_matrix()), curve="cdnv_train",
+           headline=True, plot=True),
+    Column("cdnv_test", "source", lambda e: mean_over_pairs(e.test_stats.cdnv_matrix()), needs=("test",),
+           curve="cdnv_test", plot=True),
+    Column("target_cdnv", "target", lambda e: cdnv(e.features, e.labels), key="cdnv", headline=True),
+])
 def cdnv(features, labels) -> float:
     """Class-distance normalised variance: mean over unordered class pairs of (Var_i + Var_j) / (2‖μ_i − μ_j‖²).
 
@@ -70,7 +110,9 @@ def cdnv_matrix(features, labels) -> torch.Tensor:
     return _class_statistics(features, labels).cdnv_matrix()
 
 
-@metric("nc1", higher_is_better=False)
+@metric("nc1", higher_is_better=False, columns=[
+    Column("nc1", "source", lambda e: e.train_pass["strong_test_collapse"], curve="nc1", headline=True, plot=True),
+])
 def nc1(features, labels) -> float:
     """NC1 within-class variability collapse: (1/K) tr(Σ_W Σ_B^†), Σ_B inverted on its top min(K−1, m) eigenpairs.
 
@@ -80,7 +122,9 @@ def nc1(features, labels) -> float:
     return _referenced(stats, features, labels, collapse=True, nearest=False).compute()["strong_test_collapse"]
 
 
-@metric("nc1_quotient", higher_is_better=False)
+@metric("nc1_quotient", higher_is_better=False, columns=[
+    Column("nc1_quotient", "source", lambda e: e.train_stats.nc1_quotient(), curve="nc1_quotient"),
+])
 def nc1_quotient(features, labels) -> float:
     """NC1 quotient tr(Σ_W) / tr(Σ_B) (Tirer et al. 2023): within- over between-class variation, no inverse.
 
@@ -106,7 +150,10 @@ def class_subsets(classes, size: int = SUBSET_SIZE, count: int = SUBSET_COUNT, s
     return [np.sort(rng.choice(classes, size, replace=False)) for _ in range(count)]
 
 
-@metric("nc1_subsets", higher_is_better=False)
+@metric("nc1_subsets", higher_is_better=False, columns=[
+    Column("nc1_subset5", "source", lambda e: nc1_subsets(e.train_features, e.train_labels), needs=("features",),
+           curve="nc1_subset5"),
+])
 def nc1_subsets(features, labels, size: int = SUBSET_SIZE, count: int = SUBSET_COUNT, seed: int = 0) -> float:
     """NC1 averaged over seeded random subsets of ``size`` classes (default 5 classes, 50 subsets).
 
@@ -123,7 +170,21 @@ def nc1_subsets(features, labels, size: int = SUBSET_SIZE, count: int = SUBSET_C
     return float(np.mean(values))
 
 
-@metric("nc2", higher_is_better=False)
+@metric("nc_rank_limited", higher_is_better=None, columns=[
+    Column("nc_rank_limited", "source", lambda e: rank_limited(*e.train_stats.means.shape), kind=bool,
+           curve="nc_rank_limited"),
+])
+def nc_rank_limited(features, labels) -> bool:
+    """Whether K − 1 > m: the K centred class means cannot form a simplex ETF, so NC2 / NC3 cannot reach 0.
+
+    features: [N, m] float; labels: [N] int.
+    """
+    return rank_limited(*_class_statistics(features, labels).means.shape)
+
+
+@metric("nc2", higher_is_better=False, columns=[
+    Column("nc2", "source", lambda e: e.nc2["nc2"], curve="nc2", plot=True),
+])
 def nc2(features, labels) -> float:
     """NC2 convergence of centred class means to a simplex ETF: ‖MMᵀ/‖MMᵀ‖_F − (I − 11ᵀ/K)/√(K−1)‖_F.
 
@@ -132,7 +193,9 @@ def nc2(features, labels) -> float:
     return nc2_values(_class_statistics(features, labels).means)["nc2"]
 
 
-@metric("nc2_equinorm", higher_is_better=False)
+@metric("nc2_equinorm", higher_is_better=False, columns=[
+    Column("nc2_equinorm", "source", lambda e: e.nc2["nc2_equinorm"], curve="nc2_equinorm"),
+])
 def nc2_equinorm(features, labels) -> float:
     """NC2 equinorm: std / mean over classes of ‖μ_k − μ_G‖ (std with K − 1 as in Papyan et al.'s code).
 
@@ -141,7 +204,9 @@ def nc2_equinorm(features, labels) -> float:
     return nc2_values(_class_statistics(features, labels).means)["nc2_equinorm"]
 
 
-@metric("nc2_equiangularity", higher_is_better=False)
+@metric("nc2_equiangularity", higher_is_better=False, columns=[
+    Column("nc2_equiangularity", "source", lambda e: e.nc2["nc2_equiangularity"], curve="nc2_equiangularity"),
+])
 def nc2_equiangularity(features, labels) -> float:
     """NC2 equiangularity: mean over class pairs of |cos(μ_i − μ_G, μ_j − μ_G) + 1/(K − 1)|.
 
@@ -150,7 +215,10 @@ def nc2_equiangularity(features, labels) -> float:
     return nc2_values(_class_statistics(features, labels).means)["nc2_equiangularity"]
 
 
-@metric("nc3", higher_is_better=False)
+@metric("nc3", higher_is_better=False, columns=[
+    Column("nc3", "source", lambda e: nc3_value(e.train_ref.weight, e.train_stats.means), needs=("classifier",),
+           curve="nc3", plot=True),
+])
 def nc3(features, labels, weight) -> float:
     """NC3 self-duality of classifier and class means: ‖AMᵀ/‖AMᵀ‖_F − (I − 11ᵀ/K)/√(K−1)‖_F.
 
@@ -159,7 +227,9 @@ def nc3(features, labels, weight) -> float:
     return _class_statistics(features, labels).compute(weight)["nc3"]
 
 
-@metric("nc4", higher_is_better=False)
+@metric("nc4", higher_is_better=False, columns=[
+    Column("nc4", "source", lambda e: e.train_pass["nc4"], needs=("classifier",), curve="nc4", plot=True),
+])
 def nc4(features, labels, weight, bias=None) -> float:
     """NC4 disagreement of the classifier with the nearest-class-mean rule: fraction of samples where they differ.
 
@@ -169,7 +239,13 @@ def nc4(features, labels, weight, bias=None) -> float:
     return _referenced(stats, features, weight=weight, bias=bias, collapse=False, nearest=True).compute()["nc4"]
 
 
-@metric("ncc_accuracy", higher_is_better=True)
+@metric("ncc_accuracy", higher_is_better=True, columns=[
+    Column("ncc_train_acc", "source", lambda e: e.train_pass["ncc_accuracy"], curve="ncc_train_acc"),
+    Column("ncc_test_acc", "source", lambda e: e.test_pass["ncc_accuracy"], needs=("test",), curve="ncc_test_acc"),
+    Column("target_ncc_acc", "target", lambda e: ncc_accuracy(e.features[e.train], e.labels[e.train],
+                                                              e.features[~e.train], e.labels[~e.train]),
+           key="ncc_acc", headline=True),
+])
 def ncc_accuracy(train_features, train_labels, test_features, test_labels) -> float:
     """Nearest-class-mean accuracy of test samples, with class means from the train (support) samples.
 
@@ -180,7 +256,10 @@ def ncc_accuracy(train_features, train_labels, test_features, test_labels) -> fl
                        collapse=False, nearest=True).compute()["ncc_accuracy"]
 
 
-@metric("strong_test_collapse", higher_is_better=False)
+@metric("strong_test_collapse", higher_is_better=False, columns=[
+    Column("strong_test_collapse", "source", lambda e: e.test_pass["strong_test_collapse"], needs=("test",),
+           curve="strong_test_collapse"),
+])
 def strong_test_collapse(train_features, train_labels, test_features, test_labels) -> float:
     """Strong test collapse: NC1 of test samples grouped by their true labels around the train class means.
 
@@ -192,7 +271,10 @@ def strong_test_collapse(train_features, train_labels, test_features, test_label
                        collapse=True, nearest=False).compute()["strong_test_collapse"]
 
 
-@metric("weak_test_collapse", higher_is_better=False)
+@metric("weak_test_collapse", higher_is_better=False, columns=[
+    Column("weak_test_collapse", "source", lambda e: e.test_pass["weak_test_collapse"], needs=("test",),
+           curve="weak_test_collapse"),
+])
 def weak_test_collapse(train_features, train_labels, test_features) -> float:
     """Weak test collapse: NC1 of test samples grouped by their nearest train class mean, around those means.
 
@@ -235,7 +317,11 @@ def depth_of(errors: Sequence[int], n: int, eps: float) -> int:
     return next((i + 1 for i, k in enumerate(errors) if reaches_eps(int(k), n, eps)), len(errors))
 
 
-@metric("effective_depth", higher_is_better=None)
+@metric("effective_depth", higher_is_better=None, columns=[
+    Column("effective_depth", "layer", lambda c: c.depths["flat"], kind=int, curve="effective_depth"),
+    Column("effective_depth_reached", "layer", lambda c: c.reached["flat"], kind=bool),
+    Column(None, "layer", lambda c: c.depths.get("pooled"), kind=int, curve="effective_depth_pooled"),
+])
 def effective_depth(layer_features: Sequence, labels, eps: float = 0.01) -> int:
     """ε-effective depth: the first layer (1-based) whose NCC train error, with its own class means, is ≤ eps.
 
@@ -263,31 +349,3 @@ def layer_curves(layer_features: Sequence, labels, eps: float = 0.01) -> dict:
         "cdnv": [mean_over_pairs(stats.cdnv_matrix()) for stats, _ in passes],
         "effective_depth": depth_of(counts, n, eps),
     }
-
-
-def collapse_report(train_features, train_labels, test_features=None, test_labels=None, weight=None,
-                    bias=None) -> dict[str, float]:
-    """All source metrics from one set of class statistics (means computed once).
-
-    train_features: [N, m]; train_labels: [N]; test_features: [T, m] and test_labels: [T] (together, or
-    neither); weight: [K, m] and bias: [K] optional classifier. Keys: ``cdnv_train``, ``nc1``, ``nc2``,
-    ``nc1_quotient``, ``nc1_subset5`` (:func:`nc1_subsets`), ``nc_rank_limited`` (bool: K − 1 > m, NC2 / NC3
-    cannot reach 0), ``nc2``, ``nc2_equinorm``, ``nc2_equiangularity``, ``ncc_train_acc``; with weight ``nc3``,
-    ``nc4``; with test data
-    ``cdnv_test`` (test features around their own means), ``ncc_test_acc``, ``strong_test_collapse``,
-    ``weak_test_collapse``. Values are Python floats.
-    """
-    if (test_features is None) != (test_labels is None):
-        raise ValueError("test_features and test_labels must be given together")
-    train_names = ("train_features", "train_labels")
-    train = _class_statistics(train_features, train_labels, train_names)
-    train_pass = _referenced(train, train_features, train_labels, train_names, weight=weight, bias=bias)
-    test = test_pass = None
-    if test_features is not None:
-        test_names = ("test_features", "test_labels")
-        test = _class_statistics(test_features, test_labels, test_names)
-        test_pass = _referenced(train, test_features, test_labels, test_names)
-    out = report(train, train_pass, test, test_pass)
-    out["nc1_subset5"] = nc1_subsets(train_features, train_labels)
-    return out
-

@@ -14,8 +14,8 @@ Two passes, because NC4, NCC accuracy and test collapse compare samples with the
    NCC accuracy, NC4, strong / weak test collapse (on the train data itself strong collapse is NC1
    with exact two-pass deviations).
 
-:func:`report` turns both passes over train (and optionally test) data into the dict of
-:func:`ncbench.metrics.collapse_report`, which is itself computed this way.
+:func:`ncbench.metrics.report` turns both passes over train (and optionally test) data into the dict of
+:func:`ncbench.metrics.collapse_report`, which is itself computed this way (:mod:`ncbench.metrics.evidence`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from ncbench.metrics.kernels import (
     nc2_values,
     nc3_value,
     nearest_mean,
-    rank_limited,
     row_chunks,
 )
 
@@ -289,35 +288,3 @@ class ReferencedStatistics:
         if self.weight is not None:
             out["nc4"] = self._mismatch / self._n
         return out
-
-
-def report(train: ClassStatistics, train_pass: ReferencedStatistics, test: ClassStatistics | None = None,
-           test_pass: ReferencedStatistics | None = None) -> dict[str, float]:
-    """The :func:`ncbench.metrics.collapse_report` dict from streamed passes, less ``nc1_subset5`` (NC1 of
-    class subsets needs each subset's own Σ_W, i.e. the features themselves).
-
-    train: pass 1 over the train batches (``within_scatter`` not needed); train_pass: ``train.referenced(
-    weight, bias)`` updated with the train batches and labels; test: pass 1 over the test batches (its
-    own means, for ``cdnv_test``); test_pass: ``train.referenced()`` updated with the test batches and labels.
-    NC1 comes from ``train_pass`` (two-pass deviations), so ``train`` needs no ``[m, m]`` scatter.
-    """
-    means = train.means
-    out = {"cdnv_train": mean_over_pairs(train.cdnv_matrix())}
-    passed = train_pass.compute()
-    out["nc1"] = passed["strong_test_collapse"]
-    out["nc1_quotient"] = train.nc1_quotient()
-    out["nc_rank_limited"] = rank_limited(*means.shape)
-    out.update(nc2_values(means))
-    out["ncc_train_acc"] = passed["ncc_accuracy"]
-    if train_pass.weight is not None:
-        out["nc3"] = nc3_value(train_pass.weight, means)
-        out["nc4"] = passed["nc4"]
-    if (test is None) != (test_pass is None):
-        raise ValueError("test and test_pass must be given together")
-    if test is not None:
-        out["cdnv_test"] = mean_over_pairs(test.cdnv_matrix())
-        tested = test_pass.compute()
-        out["ncc_test_acc"] = tested["ncc_accuracy"]
-        out["strong_test_collapse"] = tested["strong_test_collapse"]
-        out["weak_test_collapse"] = tested["weak_test_collapse"]
-    return {key: value if isinstance(value, bool) else float(value) for key, value in out.items()}
