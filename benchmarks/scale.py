@@ -201,14 +201,15 @@ def rehearse(task_name: str, data_root: Path, device: torch.device, steps: int, 
     (default: the task's largest s). ``small``: 12 TRAIN and 4 TEST images a source class, for a copy with
     few images; ``max_forward``: see :func:`forward_stage`."""
     from ncbench import leaderboard
-    from ncbench.backbones import build_backbone
-    from ncbench.features import extract, preprocessing_of, to_input
-    from ncbench.heads import build_head, episode_accuracy, mean_ci95
+    from ncbench.backbones import build_backbone, extract
+    from ncbench.data.preprocessing import preprocessing_of, to_input
+    from ncbench.heads import build_head, episode_accuracy
+    from ncbench.stats import mean_ci95
     from ncbench.layerwise import layer_collapse
     from ncbench.metrics import cdnv, collapse_report, ncc_accuracy
     from ncbench.pretrain import _make_classifier, _Net, _train_epoch
-    from ncbench.results import write_result
-    from ncbench.run import RunOptions, dataset_for, norm_indices, plan_units, target_indices, unit_data
+    from ncbench.results import EpisodeScore, Provenance, Result, Status, write_result
+    from ncbench.unit import RunOptions, dataset_for, norm_indices, plan_units, target_indices, unit_data
     from ncbench.episodes import sample_episodes
     from ncbench.tasks import load_task
 
@@ -284,8 +285,9 @@ def rehearse(task_name: str, data_root: Path, device: torch.device, steps: int, 
                 accs = episode_accuracy(build_head(spec, center=center), f_tgt, pos(eps.support), eps.support_labels,
                                         pos(eps.query), eps.query_labels)
                 mean, ci, n = mean_ci95(accs)
-                episodes_out.append({"head": spec["name"], "ways": ep.ways, "shots": shots, "queries": ep.queries,
-                                     "acc_mean": mean, "acc_ci95": ci, "n": n, "per_episode": [float(a) for a in accs]})
+                episodes_out.append(EpisodeScore(head=spec["name"], ways=ep.ways, shots=shots, queries=ep.queries,
+                                                 acc_mean=mean, acc_ci95=finite(ci), n=n,
+                                                 per_episode=[float(a) for a in accs]))
     epochs = range(1, config.epochs + 1)  # pretrain tracks before training, every track_every epochs and at the last
     tracked = len({0, config.epochs} | {e for e in epochs if e % config.track_every == 0}) if config.track_every else 0
     one_track = r.total(("features: source", "collapse", "layer curves"))
@@ -293,10 +295,9 @@ def rehearse(task_name: str, data_root: Path, device: torch.device, steps: int, 
                           peak_rss_gb=float("nan"), note=f"every {config.track_every} epochs: source features + "
                           f"metrics + layer curves, {one_track:.1f} s each"))
     with r.stage("result file + leaderboard rebuild"):
-        record = {"schema": 1, "status": "ok", "error": None, "unit": unit.key(),
-                  "provenance": {"device": device.type, "world_size": 1, "episodes": {}},
-                  "source": {k: finite(v) for k, v in source.items()},
-                  "target": {k: finite(v) for k, v in target.items()}, "layers": curves.rows, "episodes": episodes_out}
+        record = Result(status=Status.OK, unit=unit.key(), provenance=Provenance(device=device.type),
+                        source={k: finite(v) for k, v in source.items()},
+                        target={k: finite(v) for k, v in target.items()}, layers=curves.rows, episodes=episodes_out)
         write_result(opts.results, record)
         leaderboard.rebuild(opts.results, out / "leaderboards", [task.name])
     summary = {"task": task.name, "backbone": unit.backbone, "source_classes": s, "device": device.type,

@@ -25,12 +25,26 @@ SMALL = {
 }
 
 
+# scripts whose small run lives elsewhere, and where
+ELSEWHERE = {"scale.py": "tests/test_scale.py (asserts the stages' figures)",
+             "gpu_check.sh": "needs an NVIDIA GPU; test_gpu_check_refuses_cleanly_without_a_gpu below"}
+
+
 def test_every_benchmark_has_a_small_run():
-    assert sorted(SMALL) == SCRIPTS, "add a small run of each script in benchmarks/ to SMALL"
+    assert sorted({*SMALL, *ELSEWHERE}) == SCRIPTS, "add a small run of each script in benchmarks/ to SMALL"
+
+
+@pytest.mark.skipif(subprocess.run(["sh", "-c", "command -v nvidia-smi"], capture_output=True).returncode == 0,
+                    reason="a GPU machine: gpu_check.sh would run for minutes")
+def test_gpu_check_refuses_cleanly_without_a_gpu(tmp_path):
+    assert subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_check.sh")]).returncode == 0  # it parses
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env={**os.environ, "OUT": str(tmp_path)},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "gpu_check: no NVIDIA GPU visible" in proc.stderr
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", sorted(SMALL))
 def test_benchmark_runs_at_a_small_size(script, tmp_path):
     task = tmp_path / "tiny.yaml"
     task.write_text(yaml.safe_dump(tiny_task_dict(pretrain={"epochs": 2, "batch_size": 16, "track_every": 1})))
