@@ -113,7 +113,7 @@ KILL_POINTS = [
     ("feature extraction: first feature file half written",
      at_replace("*/features/*/features-*.safetensors", 1, "torn")),
     ("feature extraction: two feature files written", at_replace("*/features/*/*.safetensors", 2, "after")),
-    ("episode evaluation: 4th (head, shots)", at_call("ncbench.heads.episode_accuracy", 4)),
+    ("episode evaluation: 4th (head, shots)", at_call("ncbench.run.episode_accuracy", 4)),  # where run looks it up
     ("result file half written", at_replace("*/results/*.json", 1, "torn")),
     ("pretraining of the second unit, first unit finished", at_replace("*/resume/state.json", 2, "after")),
     ("leaderboard rebuild: reading results, lock held", at_call("ncbench.leaderboard.build", 1)),
