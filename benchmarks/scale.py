@@ -227,8 +227,7 @@ def rehearse(task_name: str, data_root: Path, device: torch.device, steps: int, 
         data = unit_data(unit, opts)
         pp = preprocessing_of(ds, norm_indices(data), source="source-pool train images")
     s = len(data.classes)
-    y_train = np.searchsorted(data.classes, ds.labels[data.train_idx])
-    y_test = np.searchsorted(data.classes, ds.labels[data.test_idx])
+    y_train, y_test = data.source_labels(data.train_idx), data.source_labels(data.test_idx)
 
     # ---- pretraining: `steps` real SGD steps, then extrapolated to the recipe
     config = task.pretrain_config().for_size(len(data.train_idx))
@@ -270,7 +269,7 @@ def rehearse(task_name: str, data_root: Path, device: torch.device, steps: int, 
         target = {"cdnv": cdnv(f_tgt, y_tgt),
                   "ncc_acc": ncc_accuracy(f_tgt[tgt_train], y_tgt[tgt_train], f_tgt[~tgt_train], y_tgt[~tgt_train])}
     curves = forward_stage(r, "layer curves: every source TRAIN image", data.train_idx,
-                           lambda idx: layer_collapse(model, ds.images[idx], np.searchsorted(data.classes, ds.labels[idx]),
+                           lambda idx: layer_collapse(model, ds.images[idx], data.source_labels(idx),
                                                       pp, task.layer_eps), max_forward, passes=2)
     ep = task.episodes
     count = episodes or ep.count
