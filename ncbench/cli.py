@@ -123,6 +123,12 @@ def _as_list(v):
     return v if v is None or isinstance(v, list) else [v]
 
 
+def _model_names(names: str | list[str] | None) -> dict[str, Any]:
+    """``--model``: one name (a zoo model of the task, or the name of the given backbone) or several zoo models."""
+    names = _as_list(names)
+    return {"model": names[0] if names and len(names) == 1 else None, "models": names if names and len(names) > 1 else None}
+
+
 def _run_options(args: argparse.Namespace):
     from ncbench.unit import RunOptions  # lazy: start-up time
 
@@ -130,7 +136,7 @@ def _run_options(args: argparse.Namespace):
                       backbone=getattr(args, "backbone", None),
                       backbone_options=_options(args.backbone_option, "--backbone-option") if getattr(
                           args, "backbone_option", None) else None,
-                      model=getattr(args, "model", None), seeds=_as_list(getattr(args, "seeds", None)),
+                      **_model_names(getattr(args, "model", None)), seeds=_as_list(getattr(args, "seeds", None)),
                       source_classes=_as_list(getattr(args, "source_classes", None)),
                       force=getattr(args, "force", False),
                       isolate=False if getattr(args, "trust_backbone", False) else None,
@@ -265,7 +271,10 @@ def _unit_args(p: argparse.ArgumentParser, grid: bool) -> None:
     p.add_argument("--backbone", metavar="SPEC",
                    help="registered backbone, module:callable or file.py[:callable] (default: the task's)")
     p.add_argument("--backbone-option", action="append", metavar="KEY=VALUE", help="backbone option (repeatable)")
-    p.add_argument("--model", metavar="NAME", help="leaderboard name of the model (default: the backbone)")
+    p.add_argument("--model", metavar="NAME", nargs="+" if grid else None,
+                   help="a model of the task's models: section (backbone, options and pretraining overrides come "
+                        "from there; several may be given" + (")" if grid else " to run)") +
+                        ", or the leaderboard name of --backbone (default: the task's backbone)")
     p.add_argument("--trust-backbone", action="store_true",
                    help="run a file / module / entry-point backbone's code in this process instead of a sandbox "
                         "(needed to pretrain it with torchrun)")

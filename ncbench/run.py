@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 def _number(v):
     """JSON-safe number: ints stay ints, non-finite floats (e.g. the CI of one episode, the CDNV of
     coinciding means) become null: an empty cell in the leaderboard, never a "NaN" string."""
+    if v is None:
+        return None
     if isinstance(v, (bool, np.bool_)):
         return bool(v)
     if isinstance(v, (int, np.integer)):
@@ -118,7 +120,7 @@ def source_scores(task: Task, data: UnitData, feats: UnitFeatures) -> dict[str, 
 def target_scores(task: Task, data: UnitData, feats: UnitFeatures) -> dict[str, Any]:
     """The target-scope columns of the task's metrics: the frozen features on every target-pool image."""
     idx = target_indices(data)
-    evidence = TargetEvidence(feats.target, data.dataset.labels[idx], data.dataset.split[idx] == TRAIN)
+    evidence = TargetEvidence(feats.target, data.target_dataset.labels[idx], data.target_dataset.split[idx] == TRAIN)
     return {k: _number(v) for k, v in evaluate("target", evidence, task.metrics).items()}
 
 
@@ -129,7 +131,7 @@ def episode_scores(task: Task, data: UnitData, feats: UnitFeatures) -> tuple[lis
     center = feats.train.double().mean(0)  # SimpleShot CL2N centre: the source-train mean feature
     scores, digests = [], {}
     for shots in ep.shots:
-        eps = sample_episodes(data.dataset.labels, data.target_pool, ep.ways, shots, ep.queries, ep.count, ep.seed)
+        eps = sample_episodes(data.target_dataset.labels, data.target_pool, ep.ways, shots, ep.queries, ep.count, ep.seed)
         digests[str(shots)] = eps.digest
         support, query = np.searchsorted(tgt_idx, eps.support), np.searchsorted(tgt_idx, eps.query)  # rows of target
         for spec in task.heads:

@@ -62,7 +62,7 @@ def is_trusted(spec: str) -> bool:
 def _unit_json(unit: Unit, opts: RunOptions) -> dict[str, Any]:
     return {"task": unit.task.raw, "task_path": unit.task.path, "model": unit.model, "backbone": unit.backbone,
             "backbone_options": unit.backbone_options, "source_classes": unit.source_classes, "seed": unit.seed,
-            "config_hash": unit.config_hash, "out": str(Path(opts.out).resolve()),
+            "pretrain": unit.pretrain, "config_hash": unit.config_hash, "out": str(Path(opts.out).resolve()),
             "data_root": opts.data_root}
 
 
@@ -173,7 +173,7 @@ def load_features(path: Path, checkpoint: Path) -> UnitFeatures:
 # ------------------------------------------------------------------------------------------ child side
 def _unit_from_json(d: dict[str, Any]) -> tuple[Unit, RunOptions]:
     unit = Unit(parse_task(d["task"], d["task_path"]), d["model"], d["backbone"], d["backbone_options"],
-                d["source_classes"], d["seed"])
+                d["source_classes"], d["seed"], d["pretrain"])
     if unit.config_hash != d["config_hash"]:
         raise RuntimeError(f"sandbox job: unit config hash {unit.config_hash} != {d['config_hash']} sent by the parent")
     return unit, RunOptions(out=Path(d["out"]), data_root=d["data_root"], isolate=False)

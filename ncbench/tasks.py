@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from ncbench.backbones import is_user_spec
-from ncbench.data import dataset_options, load_dataset
+from ncbench.data import ImageDataset, dataset_options, load_dataset
 from ncbench.episodes import EpisodeError, sample_episodes, source_images, split_pools
 from ncbench.heads import head_options
 from ncbench.pretrain import PretrainConfig
@@ -29,7 +30,7 @@ from ncbench.registry import BACKBONES, DATASETS, HEADS, METRICS, Registry
 
 TASK_KEYS = {"include", "name", "version", "description", "dataset", "pools", "source_classes",
              "images_per_class", "episodes", "backbone", "pretrain", "heads", "metrics", "layer_eps", "seeds",
-             "slurm"}
+             "slurm", "target", "models"}
 
 
 class TaskError(ValueError):
@@ -46,6 +47,26 @@ class PoolSpec:
     target: list[str] | None = None      # e.g. ["test"]
     source_fraction: float = 0.5         # used when the dataset has no standard class split
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A cross-domain task's ``target:`` block: its target pool is every class of another dataset, whose
+    images must have the source dataset's shape (image size and channels set explicitly in its options)."""
+
+    dataset: str
+    dataset_options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One entry of the ``models:`` zoo: a leaderboard model = a backbone, its options and pretraining
+    overrides (e.g. ``loss: mse``, ``classifier: etf``). The name says what differs from the backbone's default."""
+
+    name: str
+    backbone: str
+    backbone_options: dict[str, Any]
+    pretrain: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -116,14 +137,16 @@ class Task:
     metrics: list[str]
     seeds: list[int]
     layer_eps: float = 0.01
+    target: TargetSpec | None = None     # cross-domain: the target pool is this dataset's classes
+    models: dict[str, ModelSpec] = field(default_factory=dict)  # the model zoo (`ncbench run --model NAME`)
     slurm: SlurmOptions = field(default_factory=SlurmOptions)  # Slurm resources per unit
     description: str = ""
     path: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
-    def pretrain_config(self) -> PretrainConfig:
-        """The ``pretrain:`` block as a :class:`ncbench.pretrain.PretrainConfig`."""
-        return PretrainConfig(**self.pretrain)
+    def pretrain_config(self, overrides: dict[str, Any] | None = None) -> PretrainConfig:
+        """The ``pretrain:`` block (with a model's ``overrides`` on top) as a :class:`ncbench.pretrain.PretrainConfig`."""
+        return PretrainConfig(**{**self.pretrain, **(overrides or {})})
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -236,19 +259,57 @@ def _split_names(c: _Checker, v, fieldname: str) -> list[str] | None:
     return items
 
 
-def _dataset(c: _Checker, data: dict) -> tuple[str | None, dict]:
-    ds = c.mapping(data, "dataset")
-    name = c.get(ds, "name", str, "dataset.name")
+def _dataset(c: _Checker, data: dict, where: str = "dataset") -> tuple[str | None, dict]:
+    ds = c.mapping(data, "dataset", where)
+    name = c.get(ds, "name", str, f"{where}.name")
     if name is not None:
-        c.name_in(DATASETS, name, "dataset.name")
-    options = c.get(ds, "options", dict, "dataset.options", default={})
+        c.name_in(DATASETS, name, f"{where}.name")
+    options = c.get(ds, "options", dict, f"{where}.options", default={})
     if name is not None and name in DATASETS and options:
         accepted = dataset_options(name)
         for k in sorted(set(options) - set(accepted)):
-            c.bad(f"dataset.options.{k}", f"unknown option of dataset {name!r}; known: {', '.join(accepted)}")
+            c.bad(f"{where}.options.{k}", f"unknown option of dataset {name!r}; known: {', '.join(accepted)}")
     for k in sorted(set(ds) - {"name", "options"}):
-        c.bad(f"dataset.{k}", "unknown field; known: name, options")
+        c.bad(f"{where}.{k}", "unknown field; known: name, options")
     return name, options
+
+
+def _target(c: _Checker, data: dict) -> TargetSpec | None:
+    if "target" not in data:
+        return None
+    tgt = c.mapping(data, "target")
+    for k in sorted(set(tgt) - {"dataset"}):
+        c.bad(f"target.{k}", "unknown field; known: dataset")
+    name, options = _dataset(c, tgt, "target.dataset")
+    if "pools" in data and {"source", "target"} & set(data["pools"] or {}):
+        c.bad("pools", "a task with a target dataset splits only its source dataset: give pools.source_fraction, "
+                       "not pools.source/target")
+    return TargetSpec(name, options) if name is not None else None
+
+
+def _models(c: _Checker, data: dict) -> dict[str, ModelSpec]:
+    zoo = c.mapping(data, "models", default={})
+    out = {}
+    for name, spec in zoo.items():
+        where = f"models.{name}"
+        if not isinstance(spec, dict):
+            c.bad(where, f"expected a mapping with backbone (and options, pretrain), got {spec!r}")
+            continue
+        for k in sorted(set(spec) - {"backbone", "options", "pretrain"}):
+            c.bad(f"{where}.{k}", "unknown field; known: backbone, options, pretrain")
+        backbone = c.get(spec, "backbone", str, f"{where}.backbone")
+        if backbone is not None:
+            c.name_in(BACKBONES, backbone, f"{where}.backbone")
+        options = c.get(spec, "options", dict, f"{where}.options", default={})
+        pretrain = c.get(spec, "pretrain", dict, f"{where}.pretrain", default={})
+        base = data.get("pretrain") if isinstance(data.get("pretrain"), dict) else {}
+        try:
+            PretrainConfig(**{**base, **(pretrain or {})})
+        except (TypeError, ValueError) as e:
+            c.bad(f"{where}.pretrain", str(e))
+        if backbone is not None and options is not None and pretrain is not None:
+            out[name] = ModelSpec(name, backbone, options, pretrain)
+    return out
 
 
 def _pools(c: _Checker, data: dict) -> PoolSpec:
@@ -363,13 +424,16 @@ def parse_task(data: dict, path: str = "<task>") -> Task:
     metrics = _metrics(c, data)
     layer_eps = c.get(data, "layer_eps", float, default=0.01, minimum=0.0, maximum=1.0)
     seeds = c.int_list(data, "seeds", "seeds", minimum=0, default=[0])
+    target = _target(c, data)
+    models = _models(c, data)
     slurm = _slurm(c, data)
     if c.problems:
         raise TaskError(c.problems)
     return Task(name=name, version=version, description=description, dataset=ds_name, dataset_options=ds_options,
                 pools=pools, source_classes=source_classes, train_per_class=train_pc, test_per_class=test_pc,
                 episodes=episodes, backbone=bb_name, backbone_options=bb_options, pretrain=pretrain, heads=heads,
-                metrics=metrics, seeds=seeds, layer_eps=layer_eps, slurm=slurm, path=path, raw=data)
+                metrics=metrics, seeds=seeds, layer_eps=layer_eps, target=target, models=models, slurm=slurm, path=path,
+                raw=data)
 
 
 def check_base(path: str | os.PathLike) -> None:
@@ -388,21 +452,43 @@ def load_task(path: str | os.PathLike) -> Task:
     return parse_task(_read_yaml(p.resolve()), str(path))
 
 
+def data_options(task: Task, data_root: str | None = None) -> tuple[dict, dict | None]:
+    """The options of the task's source dataset and of its target dataset (None unless cross-domain), with
+    ``data_root`` as the ``root`` option of both (procedural datasets such as glyphs ignore it)."""
+    def with_root(options: dict) -> dict:
+        return options if data_root is None else dict(options, root=data_root)
+
+    return with_root(task.dataset_options), with_root(task.target.dataset_options) if task.target else None
+
+
+def check_shapes(task: Task, source: ImageDataset, target: ImageDataset) -> None:
+    """A cross-domain target dataset must have the source images' shape [H, W, C]: the backbone sees both."""
+    if source.images.shape[1:] != target.images.shape[1:]:
+        raise ValueError(f"{task.path}: target.dataset: images of shape {list(target.images.shape[1:])} (H, W, C) "
+                         f"but the source dataset {task.dataset!r} has {list(source.images.shape[1:])}: set "
+                         "target.dataset.options (e.g. image_size) so that size and channels match")
+
+
 def check_against_data(task: Task, data_root: str | None = None) -> list[str]:
-    """Checks that need the dataset: pool sizes vs source_classes and ways, images per class.
+    """Checks that need the dataset(s): pool sizes vs source_classes and ways, images per class, and for a
+    cross-domain task the target images' shape.
 
     Returns the problems found (empty when all is well). A dataset that cannot be loaded here (a real
     dataset without its files) raises :class:`ncbench.data.DatasetError`: the caller decides whether
     that is a problem or a skipped check.
     """
     where = f"{task.path}: "
-    options = dict(task.dataset_options, **({"root": data_root} if data_root else {}))
-    ds = load_dataset(task.dataset, **options)
+    src_options, tgt_options = data_options(task, data_root)
+    ds = load_dataset(task.dataset, **src_options)
+    tgt_ds = load_dataset(task.target.dataset, **tgt_options) if task.target else ds
     problems = []
     try:
         src, tgt = split_pools(ds, task.pools.source, task.pools.target, task.pools.source_fraction, task.pools.seed)
-    except EpisodeError as e:
-        return [f"{where}{e}"]
+        if task.target:
+            check_shapes(task, ds, tgt_ds)
+            tgt = np.arange(len(tgt_ds.class_names))
+    except (EpisodeError, ValueError) as e:
+        return [f"{where}{e}" if not str(e).startswith(where) else str(e)]
     if max(task.source_classes) > len(src):
         problems.append(f"{where}source_classes: {max(task.source_classes)} asked, the source pool of "
                         f"{task.dataset!r} has {len(src)} classes")
@@ -412,7 +498,7 @@ def check_against_data(task: Task, data_root: str | None = None) -> list[str]:
         problems.append(f"{where}{e}")
     for shots in task.episodes.shots:
         try:
-            sample_episodes(ds.labels, tgt, task.episodes.ways, shots, task.episodes.queries, 1, task.episodes.seed)
+            sample_episodes(tgt_ds.labels, tgt, task.episodes.ways, shots, task.episodes.queries, 1, task.episodes.seed)
         except EpisodeError as e:
             problems.append(f"{where}{e} (target pool: {len(tgt)} classes)")
     return problems

@@ -30,7 +30,7 @@ from ncbench.metrics import uses
 from ncbench.pretrain import pretrain, source_labels
 from ncbench.results import UnitKey
 from ncbench.runtime import DEFAULT_MEMORY_GB, DEFAULT_TIMEOUT_S, check_limits
-from ncbench.tasks import Task
+from ncbench.tasks import Task, check_shapes, data_options
 from ncbench.tracking import CollapseTracker
 
 
@@ -44,6 +44,7 @@ class RunOptions:
     backbone: str | None = None
     backbone_options: dict[str, Any] | None = None
     model: str | None = None
+    models: list[str] | None = None                # several models of the task's zoo (Task.models) at once
     seeds: list[int] | None = None
     source_classes: list[int] | None = None
     force: bool = False
@@ -55,6 +56,15 @@ class RunOptions:
         check_limits(self.timeout_s, self.memory_gb)
 
 
+# Task fields that decide a checkpoint: what is pretrained, on which images, and what its curve tracks.
+PRETRAIN_FIELDS = ("dataset", "pools", "images_per_class", "pretrain", "metrics", "layer_eps")
+UNHASHED_FIELDS = ("slurm", "models")  # where units run, and the zoo (each unit hashes its own model)
+
+
+def _digest(blob: dict) -> str:
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 @dataclass(frozen=True)
 class Unit:
     task: Task
@@ -63,18 +73,31 @@ class Unit:
     backbone_options: dict[str, Any] = field(hash=False)
     source_classes: int
     seed: int
+    pretrain: dict[str, Any] = field(default_factory=dict, hash=False)  # the model's pretraining overrides
+
+    def _model(self) -> dict:
+        return {"backbone": self.backbone, "backbone_options": self.backbone_options, "pretrain": self.pretrain,
+                "source_classes": self.source_classes, "seed": self.seed}
 
     @property
     def config_hash(self) -> str:
         """Hash of everything that determines the unit's numbers (not where files go, nor where it runs)."""
-        task = {k: v for k, v in self.task.raw.items() if k != "slurm"}
-        blob = json.dumps({"task": task, "backbone": self.backbone, "backbone_options": self.backbone_options,
-                           "source_classes": self.source_classes, "seed": self.seed}, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        task = {k: v for k, v in self.task.raw.items() if k not in UNHASHED_FIELDS}
+        return _digest({"task": task, **self._model()})
+
+    @property
+    def pretrain_hash(self) -> str:
+        """Hash of everything that determines the unit's checkpoint: two tasks that pretrain alike (the same
+        source dataset, pools and recipe, e.g. ``glyphs`` and ``glyphs-to-omniglot``) share checkpoints."""
+        return _digest({"task": {k: self.task.raw.get(k) for k in PRETRAIN_FIELDS}, **self._model()})
 
     @property
     def checkpoint_name(self) -> str:
-        return f"{self.model}.{self.task.name}-s{self.source_classes}-seed{self.seed}"
+        return f"{self.model}.{self.task.dataset}-s{self.source_classes}-seed{self.seed}"
+
+    def pretrain_config(self):
+        """The task's pretraining recipe with the model's overrides (:class:`ncbench.pretrain.PretrainConfig`)."""
+        return self.task.pretrain_config(self.pretrain)
 
     def key(self) -> UnitKey:
         return UnitKey(task=self.task.name, task_version=self.task.version, model=self.model, backbone=self.backbone,
@@ -82,17 +105,37 @@ class Unit:
 
 
 def plan_units(task: Task, opts: RunOptions) -> list[Unit]:
-    """The task's grid (source-class counts × seeds), with the options' overrides applied."""
-    backbone = opts.backbone or task.backbone
-    bb_options = opts.backbone_options if opts.backbone_options is not None else (
-        task.backbone_options if opts.backbone is None else {})
-    model = opts.model or backbone.rsplit("/", 1)[-1]  # a file spec's name without its folder: a path segment
-    return [Unit(task, model, backbone, bb_options, s, seed)
-            for s in (opts.source_classes or task.source_classes) for seed in (opts.seeds or task.seeds)]
+    """The task's grid (models × source-class counts × seeds), with the options' overrides applied. A model
+    named in the task's zoo (``models:``) takes its backbone, options and pretraining overrides from there
+    unless ``--backbone`` is given; any other name labels the given (or the task's) backbone."""
+    names = opts.models or [opts.model]
+    if opts.models and opts.backbone is not None:
+        raise ValueError("--model: several models take their backbones from the task's models: section; "
+                         "give one --model NAME with --backbone")
+    units = []
+    for name in names:
+        if opts.backbone is None and name in task.models:
+            spec = task.models[name]
+            backbone, bb_options, pretrain = spec.backbone, spec.backbone_options, spec.pretrain
+            if opts.backbone_options:
+                raise ValueError(f"--backbone-option: model {name!r} is defined in the task's models: section; "
+                                 "give another --model name for other options")
+        else:
+            if opts.models:
+                raise ValueError(f"--model: {name!r} is not in the models: section of task {task.name!r} "
+                                 f"(known: {', '.join(task.models) or 'none'})")
+            backbone = opts.backbone or task.backbone
+            bb_options = opts.backbone_options if opts.backbone_options is not None else (
+                task.backbone_options if opts.backbone is None else {})
+            pretrain = {}
+        model = name or backbone.rsplit("/", 1)[-1]  # a file spec's name without its folder: a path segment
+        units += [Unit(task, model, backbone, bb_options, s, seed, pretrain)
+                  for s in (opts.source_classes or task.source_classes) for seed in (opts.seeds or task.seeds)]
+    return units
 
 
 def checkpoint_dir(unit: Unit, opts: RunOptions) -> Path:
-    return Path(opts.out) / "checkpoints" / f"{unit.checkpoint_name}-{unit.config_hash}"
+    return Path(opts.out) / "checkpoints" / f"{unit.checkpoint_name}-{unit.pretrain_hash}"
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -102,23 +145,37 @@ def _load_dataset(name: str, options_json: str) -> ImageDataset:
 
 
 def dataset_for(task: Task, data_root: str | None) -> ImageDataset:
-    """The task's dataset (``data_root`` sets its ``root`` option), loaded once per process."""
-    options = dict(task.dataset_options)
-    if data_root is not None:
-        options["root"] = data_root
+    """The task's (source) dataset (``data_root`` sets its ``root`` option), loaded once per process."""
+    options, _ = data_options(task, data_root)
     return _load_dataset(task.dataset, json.dumps(options, sort_keys=True))
+
+
+def target_dataset_for(task: Task, data_root: str | None) -> ImageDataset:
+    """The dataset of the task's target pool: its ``target:`` dataset (cross-domain), else the source dataset."""
+    if task.target is None:
+        return dataset_for(task, data_root)
+    _, options = data_options(task, data_root)
+    target = _load_dataset(task.target.dataset, json.dumps(options, sort_keys=True))
+    check_shapes(task, dataset_for(task, data_root), target)
+    return target
 
 
 @dataclass(frozen=True)
 class UnitData:
-    """The unit's dataset, pools, source classes and source TRAIN/TEST image indices."""
+    """The unit's datasets, pools, source classes and source TRAIN/TEST image indices. ``target_dataset`` is
+    the source dataset itself, or a cross-domain task's target dataset (then every class of it is the pool)."""
 
     dataset: Any
     source_pool: np.ndarray
-    target_pool: np.ndarray
+    target_pool: np.ndarray    # class indices of target_dataset
     classes: np.ndarray        # [s] dataset class indices, sorted
     train_idx: np.ndarray      # [s * train_per_class] dataset indices, class-major
     test_idx: np.ndarray       # [s * test_per_class]
+    target_dataset: Any = None
+
+    def __post_init__(self) -> None:
+        if self.target_dataset is None:
+            object.__setattr__(self, "target_dataset", self.dataset)
 
     def source_labels(self, idx: np.ndarray) -> np.ndarray:
         """Labels 0..s-1 of dataset indices ``idx``, as in pretraining (:func:`ncbench.pretrain.source_labels`)."""
@@ -129,9 +186,12 @@ def unit_data(unit: Unit, opts: RunOptions) -> UnitData:
     task, ds = unit.task, dataset_for(unit.task, opts.data_root)
     src_pool, tgt_pool = split_pools(ds, task.pools.source, task.pools.target, task.pools.source_fraction,
                                      task.pools.seed)
+    target_ds = target_dataset_for(task, opts.data_root)
+    if task.target is not None:
+        tgt_pool = np.arange(len(target_ds.class_names), dtype=np.int64)
     classes = draw_source_classes(src_pool, unit.source_classes, unit.seed)
     train_idx, test_idx = source_images(ds, classes, task.train_per_class, task.test_per_class)
-    return UnitData(ds, src_pool, tgt_pool, classes, train_idx, test_idx)
+    return UnitData(ds, src_pool, tgt_pool, classes, train_idx, test_idx, target_ds)
 
 
 def norm_indices(data: UnitData) -> np.ndarray:
@@ -141,18 +201,17 @@ def norm_indices(data: UnitData) -> np.ndarray:
 
 
 def target_indices(data: UnitData) -> np.ndarray:
-    """Dataset indices of the target pool's images, sorted."""
-    return np.flatnonzero(np.isin(data.dataset.labels, data.target_pool))
+    """Indices into ``data.target_dataset`` of the target pool's images, sorted."""
+    return np.flatnonzero(np.isin(data.target_dataset.labels, data.target_pool))
 
 
 # ------------------------------------------------------------------------------- the backbone's code
 def pretrain_here(unit: Unit, opts: RunOptions, data: UnitData | None = None) -> Path:
     """Pretrain (or reuse/resume) the unit's checkpoint in this process; return its folder."""
     data = data or unit_data(unit, opts)
-    return pretrain(unit.backbone, data.dataset, data.train_idx, data.test_idx, unit.task.pretrain_config(),
+    return pretrain(unit.backbone, data.dataset, data.train_idx, data.test_idx, unit.pretrain_config(),
                     checkpoint_dir(unit, opts), seed=unit.seed, backbone_options=unit.backbone_options,
-                    card_extra={"name": unit.checkpoint_name, "task": unit.task.name,
-                                "task_version": unit.task.version},
+                    card_extra={"name": unit.checkpoint_name, "model": unit.model},
                     norm_idx=norm_indices(data), norm_source="source-pool train images",
                     tracker=CollapseTracker(unit.task.layer_eps, tuple(unit.task.metrics)))
 
@@ -167,7 +226,7 @@ class UnitFeatures:
     test: torch.Tensor                # [s * test_per_class, m] source TEST images
     layers: LayerCurves | None        # layer curves over every source TRAIN image (ncbench.layerwise); None
                                       # when no metric of the task needs them
-    target: torch.Tensor              # [n_target, m] every image of the target pool, in dataset order
+    target: torch.Tensor              # [n_target, m] every image of the target pool, in target-dataset order
 
 
 def features_here(unit: Unit, opts: RunOptions, data: UnitData) -> UnitFeatures:
@@ -181,5 +240,7 @@ def features_here(unit: Unit, opts: RunOptions, data: UnitData) -> UnitFeatures:
     if uses("layer", unit.task.metrics):
         layers = layer_collapse(model, data.dataset.images[data.train_idx], data.source_labels(data.train_idx),
                                 card.preprocessing, unit.task.layer_eps)
+    target_cache = cache if data.target_dataset is data.dataset else FeatureCache(
+        Path(opts.out) / "features", model, card, data.target_dataset)
     return UnitFeatures(ckpt_dir, cache.features(data.train_idx), cache.features(data.test_idx), layers,
-                        cache.features(target_indices(data)))
+                        target_cache.features(target_indices(data)))

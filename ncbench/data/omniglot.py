@@ -22,7 +22,8 @@ from ncbench.registry import register_dataset
 log = logging.getLogger(__name__)
 
 _EXPECTED = ("a folder <alphabet>/<character>/*.png, a folder holding images_background/ and/or "
-             "images_evaluation/ (torchvision's omniglot-py/), or a .zip archive of one of these")
+             "images_evaluation/ (torchvision's omniglot-py/), a .zip archive of one of these, or a folder of "
+             "such archives")
 _SETS = ("images_background", "images_evaluation")
 
 
@@ -50,6 +51,14 @@ def _character_folders(folder: Path) -> list[tuple[str, Path]]:
             for c in sorted(p for p in a.iterdir() if p.is_dir())]
 
 
+def _union(groups: list[list[tuple[str, Path]]]) -> list[tuple[str, Path]]:
+    """Characters of several sets, each name once (the first set's folder wins), sorted by name."""
+    first: dict[str, Path] = {}
+    for name, folder in (item for g in groups for item in g):
+        first.setdefault(name, folder)
+    return sorted(first.items())
+
+
 @register_dataset("omniglot")
 def load(
     *,
@@ -65,7 +74,9 @@ def load(
         root:       one of: a folder of ``<alphabet>/<character>/*.png`` (e.g. ``images_background``);
                     a folder holding ``images_background/`` and/or ``images_evaluation/``, or a
                     torchvision root holding ``omniglot-py/`` with them; a ``.zip`` of any of these
-                    (unzipped once into ``cache_dir``).
+                    (unzipped once into ``cache_dir``); or a folder of such ``.zip`` archives (e.g.
+                    ``omniglot-small/``: the union of their characters, a character in several archives
+                    taken once, from the first archive by file name).
         download:   True lets ``torchvision.datasets.Omniglot`` fetch both sets into ``root/omniglot-py``.
         seed:       seeds the class split (when it is not background / evaluation).
         image_size: side of the square output images (default 28; the originals are 105x105).
@@ -91,7 +102,12 @@ def load(
     if (path / "omniglot-py").is_dir():
         path = path / "omniglot-py"
     sets = [path / s for s in _SETS if (path / s).is_dir()]
-    groups = [_character_folders(s) for s in sets] if sets else [_character_folders(path)]
+    archives = sorted(path.glob("*.zip")) if path.is_dir() and not sets else []
+    if archives:  # a folder of archives (e.g. the small background sets): the union of their characters
+        cache = Path(cache_dir) if cache_dir else default_cache_dir()
+        groups = [_union([_character_folders(_extract(a, cache)) for a in archives])]
+    else:
+        groups = [_character_folders(s) for s in sets] if sets else [_character_folders(path)]
     names = [n for g in groups for n, _ in g]
     files = [sorted(c.glob("*.png")) for g in groups for _, c in g]
     if not names or not any(files):
