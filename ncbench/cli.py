@@ -38,7 +38,7 @@ EPILOG_EXAMPLES = {
     "run": ("examples:\n  ncbench run glyphs --backbone resnet12 --seeds 0 1\n"
             "  ncbench run omniglot --executor slurm --partition gpu --gpus 1 --time-min 120 --no-wait\n"
             "  torchrun --nproc-per-node=4 -m ncbench run mini-imagenet --backbone resnet12"),
-    "leaderboard": "example: ncbench leaderboard --task glyphs",
+    "leaderboard": "example: ncbench leaderboard --task glyphs --readme README.md",
     "compare": "example: ncbench compare leaderboards/glyphs.csv my-results/glyphs.csv --out diff.csv",
     "submit": "example: ncbench submit my_nets.py:SmallNet --name smallnet --smoke",
     "report": "example: ncbench report --out runs",
@@ -207,7 +207,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from ncbench import leaderboard  # lazy: start-up time
 
-    for path in leaderboard.rebuild(args.results, args.leaderboards, args.task):
+    if args.readme is not None and not Path(args.readme).is_file():
+        raise UsageError(f"--readme: {args.readme} is not a file")
+    for path in leaderboard.rebuild(args.results, args.leaderboards, args.task,
+                                    readme=Path(args.readme) if args.readme else None):
         print(path)
     return 0
 
@@ -319,6 +322,8 @@ def _validate_parser(p: argparse.ArgumentParser) -> None:
 
 def _leaderboard_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", nargs="+", help="tasks to rebuild (default: every task with results)")
+    p.add_argument("--readme", metavar="FILE",
+                   help="also refresh the ranked tables between `<!-- ranked-view TASK ... -->` markers in FILE")
     _storage(p)
 
 
@@ -356,7 +361,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable[[ar
                  lambda p: _unit_args(p, grid=False)),
     "run": (cmd_run, "run a task's grid of units end to end, skipping finished units, then rebuild its leaderboard",
             _run_parser),
-    "leaderboard": (cmd_leaderboard, "rebuild leaderboard CSVs from the raw result files", _leaderboard_parser),
+    "leaderboard": (cmd_leaderboard, "rebuild leaderboard CSVs and their ranked views (<task>.md) from the raw result files",
+                    _leaderboard_parser),
     "compare": (cmd_compare, "compare two leaderboard CSVs: deltas, rank changes and significance", _compare_parser),
     "submit": (cmd_submit, "validate a backbone, run it on the leaderboard tasks and add its rows", _submit_parser),
     "report": (cmd_report, "plots and an HTML page from the leaderboards and result files", _report_parser),
