@@ -36,7 +36,7 @@ import pandas as pd
 from ncbench.files import atomic_write_text
 from ncbench.metrics import metric_of
 from ncbench.results import Status
-from ncbench.tasks import find_task, task_files
+from ncbench.tasks import TaskError, find_task, task_files
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +98,17 @@ class RankedView:
 
 # ------------------------------------------------------------------------------------------- building
 def task_grid(task: str, df: pd.DataFrame) -> Grid:
-    """The expected grid of ``task``: from its task file when there is one (source classes, seeds, version),
-    else from the (source_classes, seed) values present in ``df`` (any task version)."""
+    """The expected grid of ``task``: from its task file when there is a valid one (source classes, seeds,
+    version), else from the (source_classes, seed) values present in ``df`` (any task version)."""
     if task in task_files():
-        t = find_task(task)
-        return Grid(tuple(t.source_classes), tuple(t.seeds), t.version, f"tasks/{task}.yaml")
-    log.info("task %r has no task file: its ranking grid is the source classes and seeds of its rows", task)
+        try:
+            t = find_task(task)
+            return Grid(tuple(t.source_classes), tuple(t.seeds), t.version, f"tasks/{task}.yaml")
+        except TaskError as e:  # the CSV is already written: rank from the rows instead of failing the rebuild
+            log.warning("ranked view of %r: invalid task file (%s); the grid is taken from the rows",
+                        task, "; ".join(e.problems))
+    else:
+        log.info("task %r has no task file: its ranking grid is the source classes and seeds of its rows", task)
     s = sorted(int(x) for x in df["source_classes"].dropna().unique())
     seeds = sorted(int(x) for x in df["seed"].dropna().unique())
     return Grid(tuple(s), tuple(seeds), None, "the leaderboard rows")
@@ -207,7 +212,7 @@ def render_body(view: RankedView) -> str:
               "across source-class counts (leaderboards/README.md), each the mean over the model's grid units; "
               "↑ higher is better, ↓ lower is better, no arrow: a diagnostic; " + EMPTY + " no value."
               + (" **units done** — finished units of the grid with a headline row; **missing** — units without "
-                 "a result; **failed** — units whose run failed (their `error` is in the CSV); **other task "
+                 "a finished result holding a ridge 5-shot row; **failed** — units whose run failed (their `error` is in the CSV); **other task "
                  "version** — units run with another version of the task file, whose episodes differ."
                  if view.unranked else "")]
     return "\n".join(lines) + "\n"

@@ -94,6 +94,16 @@ def test_grid_comes_from_the_task_file(tmp_path):
     assert apart["part"].done == 1 and len(apart["part"].missing) == len(view.grid.units) - 1
 
 
+def test_invalid_task_file_falls_back_to_the_rows(toy, tmp_path, monkeypatch, caplog):
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / f"{TOY}.yaml").write_text("name: [unclosed\n")
+    monkeypatch.setenv("NCBENCH_TASKS", str(tasks))
+    view = ranked_view(leaderboard.read(toy), TOY)
+    assert view.grid == Grid((5, 20), (0, 1, 2), None, "the leaderboard rows") and view.ranked[0].model == "b"
+    assert "invalid task file" in caplog.text and "toy.yaml" in caplog.text
+
+
 def test_markdown_is_byte_stable(tmp_path):
     """Two rebuilds from the same results (in another folder, with other dates) give the same bytes."""
     recs = toy_records()
