@@ -22,7 +22,7 @@ install: $(STAMP)
 
 bench: $(STAMP)
 	$(NCB) run glyphs --force --out $(OUT)
-	$(NCB) leaderboard --out $(OUT)
+	$(NCB) leaderboard --out $(OUT) --readme README.md
 	$(NCB) report --out $(OUT)
 
 bench-smoke: $(STAMP)
@@ -35,7 +35,7 @@ bench-omniglot bench-cifar-fs bench-mini-imagenet: bench-%: $(STAMP)
 	$(NCB) leaderboard --out $(OUT) --task $*
 
 leaderboard: $(STAMP)
-	$(NCB) leaderboard --out $(OUT)
+	$(NCB) leaderboard --out $(OUT) --readme README.md
 
 compare: $(STAMP)
 	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make compare A=leaderboards/x.csv B=other/x.csv" >&2; exit 2; }

@@ -38,8 +38,10 @@ EPILOG_EXAMPLES = {
     "run": ("examples:\n  ncbench run glyphs --backbone resnet12 --seeds 0 1\n"
             "  ncbench run omniglot --executor slurm --partition gpu --gpus 1 --time-min 120 --no-wait\n"
             "  torchrun --nproc-per-node=4 -m ncbench run mini-imagenet --backbone resnet12"),
-    "leaderboard": "example: ncbench leaderboard --task glyphs",
-    "compare": "example: ncbench compare leaderboards/glyphs.csv my-results/glyphs.csv --out diff.csv",
+    "leaderboard": "example: ncbench leaderboard --task glyphs --readme README.md",
+    "compare": ("examples:\n  ncbench compare leaderboards/glyphs.csv --models conv4 mynet\n"
+                "  ncbench compare leaderboards/glyphs.csv other/glyphs.csv --model-a conv4 --model-b mynet --out diff.csv\n"
+                "  ncbench compare leaderboards/glyphs.csv my-results/glyphs.csv   (same models, two versions)"),
     "submit": "example: ncbench submit my_nets.py:SmallNet --name smallnet --smoke",
     "report": "example: ncbench report --out runs",
 }
@@ -213,16 +215,45 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from ncbench import leaderboard  # lazy: start-up time
 
-    for path in leaderboard.rebuild(args.results, args.leaderboards, args.task):
+    if args.readme is not None and not Path(args.readme).is_file():
+        raise UsageError(f"--readme: {args.readme} is not a file")
+    for path in leaderboard.rebuild(args.results, args.leaderboards, args.task,
+                                    readme=Path(args.readme) if args.readme else None):
         print(path)
     return 0
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
-    from ncbench.compare import compare, format_table, write_csv  # lazy: start-up time
+def _compared_models(args: argparse.Namespace) -> tuple[str, str] | None:
+    """(model A, model B) from --models or --model-a/--model-b; None for the same-model comparison of two
+    files. UsageError on an inconsistent combination."""
+    if args.models and (args.model_a or args.model_b):
+        raise UsageError("give either --models A B or --model-a A --model-b B, not both")
+    models = tuple(args.models) if args.models else (args.model_a, args.model_b)
+    if models == (None, None):
+        if len(args.files) == 1:
+            raise UsageError(f"one leaderboard ({args.files[0]}): give the two models to compare with --models A B")
+        return None
+    if None in models:
+        raise UsageError(f"--model-a and --model-b go together (got --model-a {models[0]}, --model-b {models[1]})")
+    return models
 
-    df = compare(Path(args.a), Path(args.b), results_dirs=[Path(d) for d in args.results] if args.results else None)
-    print(format_table(df))
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ncbench.compare import compare, compare_models, format_models_table, format_table, write_csv  # lazy: start-up time
+
+    if len(args.files) > 2:
+        raise UsageError(f"expected one or two leaderboard CSVs, got {len(args.files)}: {' '.join(args.files)}")
+    files = [Path(f) for f in args.files]
+    if args.out and any(Path(args.out).resolve() == f.resolve() for f in files):
+        raise UsageError(f"--out {args.out}: is an input leaderboard; give another file for the comparison")
+    results_dirs = [Path(d) for d in args.results] if args.results else None
+    models = _compared_models(args)
+    if models is None:
+        df = compare(files[0], files[1], results_dirs=results_dirs)
+        print(format_table(df))
+    else:
+        df = compare_models(files[0], models[0], models[1], files[-1], results_dirs=results_dirs)
+        print(format_models_table(df))
     if args.out:
         print(f"wrote {write_csv(df, Path(args.out))}")
     return 0
@@ -328,13 +359,20 @@ def _validate_parser(p: argparse.ArgumentParser) -> None:
 
 def _leaderboard_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", nargs="+", help="tasks to rebuild (default: every task with results)")
+    p.add_argument("--readme", metavar="FILE",
+                   help="also refresh the ranked tables between `<!-- ranked-view TASK ... -->` markers in FILE")
     _storage(p)
 
 
 def _compare_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("a", metavar="A.csv")
-    p.add_argument("b", metavar="B.csv")
-    p.add_argument("--out", metavar="CSV", help="also write the comparison as CSV")
+    p.add_argument("files", nargs="+", metavar="CSV",
+                   help="one leaderboard (with --models) or two: A.csv B.csv")
+    p.add_argument("--models", nargs=2, metavar=("A", "B"),
+                   help="compare model B with model A, paired on identical episodes (A from the first CSV, B from "
+                        "the last); without models, two CSVs are compared row by row for the same models")
+    p.add_argument("--model-a", metavar="A", help="model A, from the first CSV (with --model-b)")
+    p.add_argument("--model-b", metavar="B", help="model B, from the last CSV (with --model-a)")
+    p.add_argument("--out", metavar="CSV", help="also write the comparison as CSV (not an input file)")
     p.add_argument("--results", nargs="+", metavar="DIR",
                    help="result folders holding per-episode data for paired tests (default: next to each CSV)")
 
@@ -365,8 +403,10 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable[[ar
                  lambda p: _unit_args(p, grid=False)),
     "run": (cmd_run, "run a task's grid of units end to end, skipping finished units, then rebuild its leaderboard",
             _run_parser),
-    "leaderboard": (cmd_leaderboard, "rebuild leaderboard CSVs from the raw result files", _leaderboard_parser),
-    "compare": (cmd_compare, "compare two leaderboard CSVs: deltas, rank changes and significance", _compare_parser),
+    "leaderboard": (cmd_leaderboard, "rebuild leaderboard CSVs and their ranked views (<task>.md) from the raw result files",
+                    _leaderboard_parser),
+    "compare": (cmd_compare, "compare two models (paired tests, Holm-corrected verdicts) or two leaderboard CSVs",
+                _compare_parser),
     "submit": (cmd_submit, "validate a backbone, run it on the leaderboard tasks and add its rows", _submit_parser),
     "report": (cmd_report, "plots and an HTML page from the leaderboards and result files", _report_parser),
 }

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
+from ncbench import ranking
 from ncbench.files import atomic_write_text
 from ncbench.metrics import columns as metric_columns
 from ncbench.results import Provenance, Result, Status, UnitKey, iter_results
@@ -116,19 +117,27 @@ def lock(path: Path) -> FileLock:
     return FileLock(str(path) + ".lock")
 
 
-def rebuild(results_dir: Path, leaderboards_dir: Path, tasks: list[str] | None = None) -> list[Path]:
-    """Rebuild ``leaderboards_dir/<task>.csv`` for the given tasks (default: every task with results)."""
+def rebuild(results_dir: Path, leaderboards_dir: Path, tasks: list[str] | None = None, *,
+            readme: Path | None = None) -> list[Path]:
+    """Rebuild ``leaderboards_dir/<task>.csv`` and its ranked view ``<task>.md`` (:mod:`ncbench.ranking`,
+    derived from the CSV as written) for the given tasks (default: every task with results); returns the
+    CSV paths. ``readme``: a README whose marked ranked-view blocks of these tasks are refreshed too."""
     results_dir = Path(results_dir)
     if tasks is None:
         tasks = sorted(p.name for p in results_dir.iterdir() if p.is_dir()) if results_dir.is_dir() else []
-    written = []
+    written, views = [], []
     for task in tasks:
         path = Path(leaderboards_dir) / f"{task}.csv"
         with lock(path):  # read and write under one lock: a rebuild that read fewer files cannot write last
             df = build(results_dir, task)
             atomic_write_text(path, to_csv_text(df))
+            view = ranking.ranked_view(read(path), task)
+            ranking.write_markdown(view, path.with_suffix(".md"))
+        views.append(view)
         written.append(path)
         log.info("leaderboard %s: %d rows (%d failed units)", written[-1], len(df), int(df["status"].eq(Status.FAILED.value).sum()))
+    if readme is not None and ranking.update_readme(readme, views):
+        log.info("refreshed the ranked tables of %s", readme)
     return written
 
 

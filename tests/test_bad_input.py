@@ -524,8 +524,10 @@ OUTPUT_CASES = {
         lambda s, mp: (full_disk(mp), ["evaluate", s.task, "--source-classes", 4, "--seed", 0, *s.args])[1],
         ["cannot write", "results/tiny/tiny-conv/s4-seed0-", *DISK_FULL]),
     "output-disk-full-compare": (
-        lambda s, mp: (full_disk(mp), ["compare", s.csv, s.csv, "--out", s.csv])[1],
-        ["cannot write", "lb/tiny.csv", *DISK_FULL]),
+        lambda s, mp: (full_disk(mp), ["compare", s.csv, s.csv, "--out", s.csv.parent / "diff.csv"])[1],
+        ["cannot write", "lb/diff.csv", *DISK_FULL]),
+    "output-compare-out-is-an-input": (
+        lambda s, mp: ["compare", s.csv, s.csv, "--out", s.csv], ["--out", "lb/tiny.csv", "is an input leaderboard"]),
 }
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from ncbench import leaderboard
 from ncbench.cli import main
-from ncbench.compare import compare, format_table, write_csv
+from ncbench.compare import (compare, compare_models, format_models_table, format_table, holm, paired_t_test,
+                             verdict_line, write_csv)
 from ncbench.results import Result, write_result
 
 TASK = "glyphs"
@@ -182,3 +183,159 @@ def test_cli_prints_and_writes(pair, tmp_path, capsys):
     assert main(["compare", str(pair[0]), str(pair[1]), "--out", str(out)]) == 0
     assert "rank A→B" in capsys.readouterr().out
     assert len(pd.read_csv(out)) == 8
+
+
+# ------------------------------------------------------------------------------------------- model vs model
+HEADS_SHOTS = [("ridge", 1), ("ridge", 5), ("ncc", 1), ("ncc", 5)]
+GRID_S, GRID_SEEDS, N_EPISODES = (5, 20), (0, 1, 2), 40
+
+
+def base_accuracies(s, seed, head, shots):
+    """Per-episode accuracies [N_EPISODES] of the reference model, distinct for every row and seed."""
+    rng = np.random.default_rng([s, seed, len(head), shots])
+    return rng.uniform(0.3, 0.8, size=N_EPISODES)
+
+
+def model_records(model, shift=lambda s, seed, head, shots, acc: acc, seeds=GRID_SEEDS, hashes=None):
+    """A complete synthetic grid for ``model``: ``shift`` maps the reference accuracies of a row to its own."""
+    return [make_record(model, s, seed, {(h, k): shift(s, seed, h, k, base_accuracies(s, seed, h, k))
+                                         for h, k in HEADS_SHOTS}, hashes=hashes)
+            for s in GRID_S for seed in seeds]
+
+
+@pytest.fixture
+def planted(tmp_path):
+    """One leaderboard: base; same (identical accuracies); plus5 (+0.05 on every episode); minus (−0.05 with
+    a little noise); mixed (+0.1 at s=20 only)."""
+    noise = np.random.default_rng(7)
+    records = (model_records("base") + model_records("same")
+               + model_records("plus5", lambda s, seed, h, k, acc: acc + 0.05)
+               + model_records("minus", lambda s, seed, h, k, acc: acc - 0.05 + noise.normal(0, 0.01, acc.size))
+               + model_records("mixed", lambda s, seed, h, k, acc: acc + (0.1 if s == 20 else 0.0)))
+    return make_leaderboard(tmp_path / "lb", records)
+
+
+def test_holm_matches_hand_computed_values():
+    # sorted p: 0.01·4 = 0.04, 0.02·3 = 0.06, 0.03·2 = 0.06, 0.5·1 = 0.5; in input order
+    np.testing.assert_allclose(holm([0.03, 0.01, 0.5, 0.02]), [0.06, 0.04, 0.5, 0.06])
+    np.testing.assert_allclose(holm([0.04, 0.04]), [0.08, 0.08])
+    assert holm([0.9, 0.6]).tolist() == [1.0, 1.0]  # capped at 1, monotone
+
+
+def test_paired_t_test_agrees_with_scipy():
+    from scipy import stats
+
+    rng = np.random.default_rng(1)
+    a, b = rng.uniform(0.3, 0.8, 50), rng.uniform(0.3, 0.8, 50)
+    mean, low, high, t, p = paired_t_test(b - a)
+    ref = stats.ttest_rel(b, a)
+    assert (t, p) == pytest.approx((ref.statistic, ref.pvalue), rel=1e-10)
+    half = stats.t.ppf(0.975, 49) * (b - a).std(ddof=1) / math.sqrt(50)
+    assert (low, high) == pytest.approx((mean - half, mean + half), rel=1e-10)
+    assert paired_t_test(np.zeros(5))[3:] == (0.0, 1.0)  # identical: no difference at all
+    assert paired_t_test(np.full(5, 0.05))[4] == 0.0
+
+
+def test_planted_better_model_is_better_in_every_row(planted):
+    df = compare_models(planted, "base", "plus5")
+    assert len(df) == len(GRID_S) * len(HEADS_SHOTS) and (df["status"] == "tested").all()
+    assert (df["verdict"] == "better").all() and (df["p_holm"] < 0.05).all()
+    np.testing.assert_allclose(df["delta"], 0.05, atol=1e-12)
+    assert (df["n_seeds"] == 3).all() and (df["seeds"] == "0 1 2").all() and (df["n_episodes"] == N_EPISODES).all()
+    assert verdict_line(df) == "plus5 better in 8, worse in 0, tied in 0 of 8 rows (Holm-adjusted paired t-test, α = 0.05)"
+
+
+def test_identical_model_is_tied_and_planted_worse_is_worse(planted):
+    same = compare_models(planted, "base", "same")
+    assert (same["verdict"] == "tied").all() and (same["delta"] == 0).all() and (same["p_holm"] == 1).all()
+    assert verdict_line(same).startswith("same better in 0, worse in 0, tied in 8 of 8 rows")
+    minus = compare_models(planted, "base", "minus")
+    assert (minus["verdict"] == "worse").all() and (minus["ci95_high"] < 0).all()
+    # the reversed comparison reverses the verdicts
+    assert (compare_models(planted, "minus", "base")["verdict"] == "better").all()
+
+
+def test_delta_averages_the_per_episode_differences_over_seeds(planted):
+    df = compare_models(planted, "base", "mixed")
+    assert {s: set(v) for s, v in df.groupby("source_classes")["verdict"]} == {5: {"tied"}, 20: {"better"}}
+    r = df[df["source_classes"].eq(20) & df["head"].eq("ncc") & df["shots"].eq(5)].iloc[0]
+    a = np.mean([base_accuracies(20, seed, "ncc", 5) for seed in GRID_SEEDS], axis=0)
+    assert r["acc_a"] == pytest.approx(a.mean(), abs=1e-12) and r["acc_b"] == pytest.approx(a.mean() + 0.1, abs=1e-12)
+    assert r["delta"] == pytest.approx(0.1, abs=1e-12)
+    assert "mixed better in 4, worse in 0, tied in 4 of 8 rows" in format_models_table(df)
+
+
+def test_holm_correction_changes_a_borderline_verdict(tmp_path):
+    """Row p-values around 0.02: significant alone, not after Holm over 8 rows."""
+    rng = np.random.default_rng(3)
+    diffs = {}
+
+    def shift(s, seed, h, k, acc):
+        d = diffs.setdefault((s, h, k), rng.normal(0, 1, N_EPISODES))
+        d = (d - d.mean()) / d.std(ddof=1)  # exactly mean 0, std 1 ...
+        return acc + 0.01 * (d + 2.4 / math.sqrt(N_EPISODES))  # ... then t = 2.4 over the episodes: p ≈ 0.021
+
+    path = make_leaderboard(tmp_path / "lb", model_records("base") + model_records("nudge", shift))
+    df = compare_models(path, "base", "nudge")
+    assert ((df["p_value"] > 0.01) & (df["p_value"] < 0.03)).all()
+    assert (df["p_holm"] > 0.05).all() and (df["verdict"] == "tied").all()
+
+
+def test_seeds_rows_and_failures_one_model_lacks(tmp_path):
+    records = (model_records("base") + model_records("b", lambda s, seed, h, k, acc: acc + 0.05, seeds=(0, 1))
+               + [make_record("b", 5, 2, status="failed"),
+                  make_record("b", 80, 0, {("ridge", 1): [0.5, 0.6]})])
+    df = compare_models(make_leaderboard(tmp_path / "lb", records), "base", "b")
+    tested = df[df["status"].eq("tested")]
+    assert len(tested) == 8 and (tested["seeds"] == "0 1").all() and (tested["verdict"] == "better").all()
+    assert df[df["status"].eq("only_b")][["source_classes", "head", "shots"]].values.tolist() == [[80, "ridge", 1]]
+    failed = df[df["status"].eq("failed_b")].iloc[0]
+    assert failed["source_classes"] == 5 and failed["seeds"] == "2" and "out of memory" in failed["note"]
+    text = format_models_table(df)
+    assert "only b (B) has" in text and "failed units" in text
+
+
+def test_different_episodes_or_no_per_episode_data_are_not_tested(tmp_path):
+    records = model_records("base") + model_records("b", lambda *a: a[-1] + 0.05, hashes={1: "other"})
+    path = make_leaderboard(tmp_path / "lb", records)
+    df = compare_models(path, "base", "b")
+    assert set(df.loc[df["shots"].eq(1), "status"]) == {"untested"}
+    assert df.loc[df["shots"].eq(1), "note"].str.contains("seed 0: different episodes").all()
+    assert (df.loc[df["shots"].eq(5), "verdict"] == "better").all()
+    nowhere = compare_models(path, "base", "b", results_dirs=[tmp_path / "nowhere"])
+    assert (nowhere["status"] == "untested").all()
+    assert nowhere.loc[nowhere["shots"].eq(5), "note"].eq("seed 0: no per-episode data; seed 1: no per-episode data; "
+                                                          "seed 2: no per-episode data").all()
+    assert verdict_line(nowhere).endswith("tied in 0 of 0 rows (Holm-adjusted paired t-test, α = 0.05)")
+
+
+def test_two_files_with_model_names(tmp_path):
+    a = make_leaderboard(tmp_path / "a", model_records("conv4"))
+    b = make_leaderboard(tmp_path / "b", model_records("mynet", lambda *x: x[-1] + 0.05))
+    df = compare_models(a, "conv4", "mynet", b)
+    assert (df["verdict"] == "better").all() and (df["model_b"] == "mynet").all()
+    with pytest.raises(ValueError, match=rf"model 'mynet' has no rows in {re.escape(str(a))} \(its models: conv4\)"):
+        compare_models(a, "conv4", "mynet")
+    with pytest.raises(ValueError, match="the same model twice"):
+        compare_models(a, "conv4", "conv4")
+
+
+def test_cli_models_one_file_two_files_and_out(planted, tmp_path, capsys):
+    out = tmp_path / "cmp.csv"
+    assert main(["compare", str(planted), "--models", "base", "plus5", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "plus5 better in 8, worse in 0, tied in 0 of 8 rows (Holm-adjusted paired t-test, α = 0.05)" in text
+    assert "legend:" in text and "p Holm" in text and "▲ better" in text
+    back = pd.read_csv(out)
+    assert all(pd.api.types.is_numeric_dtype(back[c]) for c in ("delta", "ci95_low", "p_value", "p_holm", "n_episodes"))
+    np.testing.assert_allclose(back["delta"], 0.05, atol=1e-8)
+    assert (back["verdict"] == "better").all() and "inf" not in out.read_text()
+    assert main(["compare", str(planted), str(planted), "--model-a", "base", "--model-b", "minus"]) == 0
+    assert "minus better in 0, worse in 8" in capsys.readouterr().out
+    for argv, message in (([str(planted), "--models", "base", "plus5", "--out", str(planted)], "is an input leaderboard"),
+                          ([str(planted)], "give the two models to compare with --models"),
+                          ([str(planted), str(planted), "--model-a", "base"], "--model-a and --model-b go together"),
+                          ([str(planted), "--models", "base", "nope"], "model 'nope' has no rows")):
+        assert main(["compare", *argv]) == 2
+        assert message in capsys.readouterr().err
+    assert planted.read_text().startswith("task,model")  # --out never overwrote the input
