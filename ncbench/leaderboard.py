@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
+from ncbench.analysis import write_analysis
 from ncbench.files import atomic_write_text
 from ncbench.metrics import columns as metric_columns
 from ncbench.results import Provenance, Result, Status, UnitKey, iter_results
@@ -117,7 +118,8 @@ def lock(path: Path) -> FileLock:
 
 
 def rebuild(results_dir: Path, leaderboards_dir: Path, tasks: list[str] | None = None) -> list[Path]:
-    """Rebuild ``leaderboards_dir/<task>.csv`` for the given tasks (default: every task with results)."""
+    """Rebuild ``leaderboards_dir/<task>.csv`` and its ``<task>-analysis.csv`` (:mod:`ncbench.analysis`) for
+    the given tasks (default: every task with results); returns the leaderboard paths."""
     results_dir = Path(results_dir)
     if tasks is None:
         tasks = sorted(p.name for p in results_dir.iterdir() if p.is_dir()) if results_dir.is_dir() else []
@@ -127,6 +129,7 @@ def rebuild(results_dir: Path, leaderboards_dir: Path, tasks: list[str] | None =
         with lock(path):  # read and write under one lock: a rebuild that read fewer files cannot write last
             df = build(results_dir, task)
             atomic_write_text(path, to_csv_text(df))
+            write_analysis(task, df, leaderboards_dir)  # <task>-analysis.csv: does collapse predict transfer?
         written.append(path)
         log.info("leaderboard %s: %d rows (%d failed units)", written[-1], len(df), int(df["status"].eq(Status.FAILED.value).sum()))
     return written
