@@ -2,14 +2,15 @@
 
 Across the *units* of a task — one unit is one pretrained backbone, a (model, seed, source_classes s) —
 each source-side collapse measure (:data:`MEASURES`: train and test CDNV, the NC1 variants comparable
-across s, NCC test accuracy, strong and weak test collapse, ε-effective depth) is rank-correlated with each
-target outcome (:func:`outcomes`: few-shot accuracy per (head, shots), target CDNV, target NCC accuracy).
-Three scopes (:data:`SCOPES`):
+across s, NCC test accuracy, ε-effective depth; at fixed s also raw NC1 and strong and weak test
+collapse) is rank-correlated with each target outcome (:func:`outcomes`: few-shot accuracy per
+(head, shots), target CDNV, target NCC accuracy). Three scopes (:data:`SCOPES`):
 
 - ``all`` (group ``all``): every finished unit of the task (models × seeds × s);
 - ``model`` (group = the model name): the units of one model, across s and seeds;
-- ``source_classes`` (group = s): the units at one s, across models and seeds. Only here is raw ``nc1``
-  correlated too: it grows with the number of classes by itself, so it is compared at equal s only.
+- ``source_classes`` (group = s): the units at one s, across models and seeds. Only here are raw ``nc1``
+  and strong / weak test collapse correlated too: NC1-type quantities (eq. 4) grow with the number of
+  classes by themselves (``leaderboards/README.md``), so they are compared at equal s only.
 
 Each (scope, group, measure, outcome) gives n (units with both values), Spearman's ρ and Kendall's τ-b
 (``scipy.stats``) and percentile 95 % bootstrap intervals: :data:`N_BOOT` resamples of the group's units
@@ -72,8 +73,9 @@ class Measure:
 
 MEASURES = (
     Measure("cdnv_train"), Measure("cdnv_test"), Measure("nc1_quotient"), Measure("nc1_subset5"),
-    Measure("nc1", fixed_s_only=True), Measure("ncc_test_acc"), Measure("strong_test_collapse"),
-    Measure("weak_test_collapse"),
+    Measure("nc1", fixed_s_only=True), Measure("ncc_test_acc"),
+    # NC1-type (eq. 4 with test features): grow with the number of classes by themselves, like nc1
+    Measure("strong_test_collapse", fixed_s_only=True), Measure("weak_test_collapse", fixed_s_only=True),
     # a shallower layer already separating the classes by their means = collapse reached earlier
     Measure("effective_depth", more_collapse="lower"),
 )

@@ -548,7 +548,7 @@ def _analysis_html(task: str, table: pd.DataFrame, scatters: list[tuple[str, str
              _grid_html(table[table["scope"].eq("all")], "All units: Kendall τ-b [95 % CI]", "kendall"),
              _figures_html(scatters)]
     for scope, caption in (("model", "Within each model, across s and seeds: Spearman ρ [95 % CI]"),
-                           ("source_classes", "Across models at each s (raw nc1 comparable here): Spearman ρ "
+                           ("source_classes", "Across models at each s (nc1 and test collapse comparable here): Spearman ρ "
                                               "[95 % CI]")):
         parts.append(f"<details><summary>{html.escape(caption)}</summary>"
                      f"{_grid_html(table[table['scope'].eq(scope)], caption)}</details>")

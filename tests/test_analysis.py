@@ -36,6 +36,7 @@ def unit_record(model, s, seed, *, nc1=None):
         "cdnv_test": noise(model, s, seed),  # planted: independent
         "nc1": (1.0 - acc) * s ** 2 if nc1 is None else nc1,  # monotone within an s, dominated by s across s
         "effective_depth": 3,  # constant: no correlation defined
+        "strong_test_collapse": (1.0 - acc) * s,  # NC1-type: compared at equal s only
     }
     rec["target"]["ncc_acc"] = None
     return rec
@@ -114,7 +115,9 @@ def test_fixed_s_scope_and_raw_nc1_only_there(table, board):
     assert r["kendall"] == pytest.approx(stats.kendalltau(at20["cdnv_test"], at20["acc:ridge:1shot"]).statistic)
     r = row(table, "source_classes", "20", "nc1", "acc:ridge:1shot")
     assert (r["spearman"], r["kendall"], r["spearman_lo"], r["kendall_hi"]) == pytest.approx((-1, -1, -1, -1))
-    assert set(table.loc[table["measure"].eq("nc1"), "scope"]) == {"source_classes"}
+    for measure in ("nc1", "strong_test_collapse"):
+        assert set(table.loc[table["measure"].eq(measure), "scope"]) == {"source_classes"}
+    assert row(table, "source_classes", "80", "strong_test_collapse", "acc:ridge:5shot")["spearman"] == pytest.approx(-1)
     assert list(dict.fromkeys(table.loc[table["scope"].eq("source_classes"), "group"])) == ["5", "20", "80"]
 
 
