@@ -118,7 +118,8 @@ def _point(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Spearman's ρ and Kendall's τ-b of the paired values x, y: [n] (NaN when either side is constant)."""
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         return np.nan, np.nan
-    return float(stats.spearmanr(x, y).statistic), float(stats.kendalltau(x, y).statistic)
+    return (float(stats.spearmanr(x, y).statistic),
+            float(stats.kendalltau(x, y, method="asymptotic").statistic))  # τ-b; its p-value is not used
 
 
 def resampled(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -131,18 +132,17 @@ def resampled(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> tuple[np.ndar
     sums of τ-b are quadratic forms ``counts @ P @ counts.T`` of the units' pair-sign matrices.
     """
     c = counts.astype(np.float64)
-    size = c.sum(axis=1, keepdims=True)
+    middle = (c.sum(axis=1, keepdims=True) + 1) / 2  # the mean of the average ranks 1..size
     sx, sy = np.sign(x[:, None] - x[None, :]), np.sign(y[:, None] - y[None, :])
     with np.errstate(invalid="ignore", divide="ignore"):
         # average ranks: (number below) + (number equal + 1) / 2, counted with multiplicity
-        rx = c @ ((sx > 0) + 0.5 * (sx == 0)).T + 0.5
-        ry = c @ ((sy > 0) + 0.5 * (sy == 0)).T + 0.5
-        w = c / size
-        dx = rx - (w * rx).sum(axis=1, keepdims=True)
-        dy = ry - (w * ry).sum(axis=1, keepdims=True)
-        spearman = (w * dx * dy).sum(axis=1) / np.sqrt((w * dx * dx).sum(axis=1) * (w * dy * dy).sum(axis=1))
-        concordance = ((c @ (sx * sy)) * c).sum(axis=1)
-        kendall = concordance / np.sqrt(((c @ np.abs(sx)) * c).sum(axis=1) * ((c @ np.abs(sy)) * c).sum(axis=1))
+        dx = c @ ((sx > 0) + 0.5 * (sx == 0)).T + 0.5 - middle
+        dy = c @ ((sy > 0) + 0.5 * (sy == 0)).T + 0.5 - middle
+        spearman = np.einsum("bi,bi,bi->b", c, dx, dy) / np.sqrt(
+            np.einsum("bi,bi,bi->b", c, dx, dx) * np.einsum("bi,bi,bi->b", c, dy, dy))
+        concordance = np.einsum("bi,bi->b", c @ (sx * sy), c)
+        kendall = concordance / np.sqrt(np.einsum("bi,bi->b", c @ np.abs(sx), c)
+                                        * np.einsum("bi,bi->b", c @ np.abs(sy), c))
     return np.clip(spearman, -1.0, 1.0), np.clip(kendall, -1.0, 1.0)
 
 
@@ -174,8 +174,7 @@ def correlate(x, y, key: str = "", n_boot: int = N_BOOT, seed: int = SEED) -> di
         return out
     rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
     idx = rng.integers(0, n, size=(n_boot, n))
-    counts = np.zeros((n_boot, n), dtype=np.int64)
-    np.add.at(counts, (np.arange(n_boot)[:, None], idx), 1)
+    counts = np.bincount((idx + n * np.arange(n_boot)[:, None]).ravel(), minlength=n_boot * n).reshape(n_boot, n)
     rho, tau = resampled(x, y, counts)
     out["spearman_lo"], out["spearman_hi"] = _interval(rho)
     out["kendall_lo"], out["kendall_hi"] = _interval(tau)
