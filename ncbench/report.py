@@ -354,7 +354,8 @@ def _plot_layers(curves: pd.DataFrame, title: str) -> Figure:
 
 
 def _is_accuracy(metric: str) -> bool:
-    return metric.endswith("_acc") or metric.endswith("acc")
+    """Accuracy-like curve values (``train_acc``, ``test_acc``, ...): plotted on a linear axis."""
+    return metric.endswith("acc")
 
 
 def _plot_training(curves: pd.DataFrame, title: str) -> Figure:
