@@ -44,6 +44,7 @@ EPILOG_EXAMPLES = {
                 "  ncbench compare leaderboards/glyphs.csv my-results/glyphs.csv   (same models, two versions)"),
     "submit": "example: ncbench submit my_nets.py:SmallNet --name smallnet --smoke",
     "report": "example: ncbench report --out runs",
+    "analyze": "examples:\n  ncbench analyze glyphs\n  ncbench analyze glyphs-to-omniglot --scope model",
 }
 
 
@@ -282,6 +283,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from ncbench import analysis, leaderboard  # lazy: start-up time
+
+    for task in args.task:
+        csv = Path(args.leaderboards) / f"{task}.csv"
+        if not csv.is_file():
+            raise UsageError(f"{csv}: no leaderboard CSV for task {task!r} (run `ncbench leaderboard --task {task}` "
+                             f"first, or give --leaderboards)")
+        path = analysis.write_analysis(task, leaderboard.read(csv), Path(args.leaderboards))
+        print(analysis.format_table(analysis.read_analysis(path), args.scope))
+        print(f"wrote {path}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------- parser
 def _storage(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs", help="folder for checkpoints, the feature cache and reports (default: runs)")
@@ -393,6 +408,15 @@ def _report_parser(p: argparse.ArgumentParser) -> None:
     _storage(p)
 
 
+def _analyze_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("task", nargs="+", help="task(s) with a leaderboard CSV")
+    p.add_argument("--scope", choices=["all", "model", "source_classes"], default="all",
+                   help="which correlations to print: across all units (default), within each model across s, "
+                        "or across models at each s (the CSV holds all three)")
+    p.add_argument("--leaderboards", default="leaderboards",
+                   help="folder of leaderboard CSVs, where <task>-analysis.csv is written (default: leaderboards)")
+
+
 # name -> (command, help, adds its arguments)
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable[[argparse.ArgumentParser], None]]] = {
     "list": (cmd_list, "list registered datasets, backbones, heads, metrics or task files", _list_parser),
@@ -409,6 +433,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable[[ar
                 _compare_parser),
     "submit": (cmd_submit, "validate a backbone, run it on the leaderboard tasks and add its rows", _submit_parser),
     "report": (cmd_report, "plots and an HTML page from the leaderboards and result files", _report_parser),
+    "analyze": (cmd_analyze, "does collapse predict transfer? rank correlations (bootstrap CIs) of source collapse "
+                             "with target accuracy and CDNV, into <task>-analysis.csv", _analyze_parser),
 }
 
 

@@ -23,6 +23,7 @@ import pandas as pd
 from filelock import FileLock
 
 from ncbench import ranking
+from ncbench.analysis import write_analysis
 from ncbench.files import atomic_write_text
 from ncbench.metrics import columns as metric_columns
 from ncbench.results import Provenance, Result, Status, UnitKey, iter_results
@@ -119,9 +120,9 @@ def lock(path: Path) -> FileLock:
 
 def rebuild(results_dir: Path, leaderboards_dir: Path, tasks: list[str] | None = None, *,
             readme: Path | None = None) -> list[Path]:
-    """Rebuild ``leaderboards_dir/<task>.csv`` and its ranked view ``<task>.md`` (:mod:`ncbench.ranking`,
-    derived from the CSV as written) for the given tasks (default: every task with results); returns the
-    CSV paths. ``readme``: a README whose marked ranked-view blocks of these tasks are refreshed too."""
+    """Rebuild ``leaderboards_dir/<task>.csv``, its ranked view ``<task>.md`` (:mod:`ncbench.ranking`,
+    derived from the CSV as written) and its ``<task>-analysis.csv`` (:mod:`ncbench.analysis`) for the given
+    tasks (default: every task with results); returns the CSV paths. ``readme``: a README whose marked ranked-view blocks of these tasks are refreshed too."""
     results_dir = Path(results_dir)
     if tasks is None:
         tasks = sorted(p.name for p in results_dir.iterdir() if p.is_dir()) if results_dir.is_dir() else []
@@ -131,8 +132,10 @@ def rebuild(results_dir: Path, leaderboards_dir: Path, tasks: list[str] | None =
         with lock(path):  # read and write under one lock: a rebuild that read fewer files cannot write last
             df = build(results_dir, task)
             atomic_write_text(path, to_csv_text(df))
-            view = ranking.ranked_view(read(path), task)
+            board = read(path)  # both derived views read the CSV as written
+            view = ranking.ranked_view(board, task)
             ranking.write_markdown(view, path.with_suffix(".md"))
+            write_analysis(task, board, leaderboards_dir)  # <task>-analysis.csv: does collapse predict transfer?
         views.append(view)
         written.append(path)
         log.info("leaderboard %s: %d rows (%d failed units)", written[-1], len(df), int(df["status"].eq(Status.FAILED.value).sum()))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ncbench import leaderboard, sandbox
+from ncbench.analysis import is_analysis_file
 from ncbench.backbones import build_backbone
 from ncbench.results import Status
 from ncbench.run import run_task
@@ -58,8 +59,8 @@ class SubmitOutcome:
 
 
 def leaderboard_tasks(leaderboards_dir: Path) -> list[str]:
-    """Tasks that have a leaderboard CSV."""
-    return sorted(p.stem for p in Path(leaderboards_dir).glob("*.csv"))
+    """Tasks that have a leaderboard CSV (``<task>-analysis.csv`` files are not leaderboards)."""
+    return sorted(p.stem for p in Path(leaderboards_dir).glob("*.csv") if not is_analysis_file(p))
 
 
 def check_name(name: str, spec: str, leaderboards_dir: Path, tasks: list[str]) -> None:

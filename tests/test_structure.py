@@ -20,7 +20,7 @@ FLOW = (
     ("heads/metrics", ("ncbench.heads", "ncbench.metrics", "ncbench.layerwise", "ncbench.tracking", "ncbench.ufm")),
     ("results", ("ncbench.results",)),
     ("pipeline", ("ncbench.tasks", "ncbench.unit", "ncbench.sandbox", "ncbench.run", "ncbench.executor")),
-    ("leaderboards", ("ncbench.ranking", "ncbench.leaderboard", "ncbench.compare", "ncbench.report")),
+    ("leaderboards", ("ncbench.ranking", "ncbench.analysis", "ncbench.leaderboard", "ncbench.compare", "ncbench.report")),
     ("cli", ("ncbench.submit", "ncbench.cli", "ncbench.__main__")),
 )
 
