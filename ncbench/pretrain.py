@@ -82,6 +82,8 @@ class PretrainConfig:
     loss:            "ce" (cross-entropy) or "mse" (squared error to one-hot targets, summed over classes,
                      averaged over the batch; Hui & Belkin 2021).
     classifier:      "linear" (learned weight and bias) or "etf" (fixed simplex ETF, no bias; Zhu et al. 2021).
+    clip_grad_norm:  rescale each step's gradient to this global L2 norm when it is larger (None: never); keeps
+                     the squared error stable with many classes, whose summed gradient is ~√K times the CE one.
     track_every:     compute collapse metrics every this many epochs (and before training); 0 = off. The
                      per-layer curves use every train image (``ncbench.layerwise``, streamed).
     num_threads:     torch CPU threads; None = ``$NCBENCH_THREADS``, else Slurm's CPUs per task, else the CPUs this
@@ -100,6 +102,7 @@ class PretrainConfig:
     loss: str = "ce"
     classifier: str = "linear"
     track_every: int = 5
+    clip_grad_norm: float | None = None
     num_threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -123,6 +126,9 @@ class PretrainConfig:
         if not isinstance(m, (list, tuple)) or not all(_is_int(v) and 0 < v <= self.epochs for v in m) or list(m) != sorted(set(m)):
             raise ValueError(f"pretrain.milestones must be increasing epochs in 1..{self.epochs}, got {m!r}")
         self.milestones = [int(v) for v in m]
+        c = self.clip_grad_norm
+        if c is not None and (not isinstance(c, (int, float)) or isinstance(c, bool) or not math.isfinite(c) or c <= 0):
+            raise ValueError(f"pretrain.clip_grad_norm must be a finite number > 0 or null, got {c!r}")
         if self.num_threads is not None and (not _is_int(self.num_threads) or self.num_threads < 1):
             raise ValueError(f"pretrain.num_threads must be a positive integer or null, got {self.num_threads!r}")
 
@@ -326,7 +332,8 @@ class _Net(nn.Module):
 
 
 def _train_epoch(net: nn.Module, opt: torch.optim.SGD, images: torch.Tensor, labels: torch.Tensor,
-                 pp: dict, loss_kind: str, batch_size: int, generator: torch.Generator) -> tuple[float, float]:
+                 pp: dict, loss_kind: str, batch_size: int, generator: torch.Generator,
+                 clip_grad_norm: float | None = None) -> tuple[float, float]:
     """One epoch over shuffled full batches of images uint8 [N, H, W, C] (CPU) and labels [N]; returns
     (mean loss, running accuracy) over the whole group.
 
@@ -352,6 +359,8 @@ def _train_epoch(net: nn.Module, opt: torch.optim.SGD, images: torch.Tensor, lab
             loss = loss * (len(idx) * where.world_size / bs)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(net.parameters(), clip_grad_norm)
         opt.step()
         total_loss += loss.detach()
         correct += (logits.detach().argmax(1) == target).sum()
@@ -460,7 +469,7 @@ def _train(run: _Run, out_dir: Path, seed: int, tracker: Tracker | None) -> tupl
             torch.manual_seed(_epoch_seed(seed, epoch))
             generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
             loss, acc = _train_epoch(net, opt, images_t, labels_t, run.preprocessing, config.loss, config.batch_size,
-                                     generator)
+                                     generator, config.clip_grad_norm)
             record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "loss": loss, "running_acc": acc}
             bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}")
             if not where.is_main:
