@@ -81,6 +81,9 @@ class PretrainConfig:
     milestones:      epochs at which "step" multiplies the lr by ``gamma``.
     loss:            "ce" (cross-entropy) or "mse" (squared error to one-hot targets, summed over classes,
                      averaged over the batch; Hui & Belkin 2021).
+    mse_weight, mse_target: Hui & Belkin's rescaling of "mse" for many classes: the true class's term is
+                     weighted by k = ``mse_weight`` and its target is M = ``mse_target``,
+                     k·(f_y − M)² + Σ_{c≠y} f_c²; 1 and 1 = the plain squared error.
     classifier:      "linear" (learned weight and bias) or "etf" (fixed simplex ETF, no bias; Zhu et al. 2021).
     clip_grad_norm:  rescale each step's gradient to this global L2 norm when it is larger (None: never); keeps
                      the squared error stable with many classes, whose summed gradient is ~√K times the CE one.
@@ -100,6 +103,8 @@ class PretrainConfig:
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
     loss: str = "ce"
+    mse_weight: float = 1.0
+    mse_target: float = 1.0
     classifier: str = "linear"
     track_every: int = 5
     clip_grad_norm: float | None = None
@@ -112,7 +117,8 @@ class PretrainConfig:
         for name in ("min_steps", "track_every"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
                 raise ValueError(f"pretrain.{name} must be an integer >= 0, got {getattr(self, name)!r}")
-        for name, low, strict in (("lr", 0.0, True), ("momentum", 0.0, False), ("weight_decay", 0.0, False), ("gamma", 0.0, True)):
+        for name, low, strict in (("lr", 0.0, True), ("momentum", 0.0, False), ("weight_decay", 0.0, False),
+                                  ("gamma", 0.0, True), ("mse_weight", 0.0, True), ("mse_target", 0.0, True)):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < low or (strict and v == low):
                 raise ValueError(f"pretrain.{name} must be a finite number {'>' if strict else '>='} {low}, got {v!r}")
@@ -173,11 +179,15 @@ def _make_classifier(kind: str, dim: int, k: int, seed: int) -> nn.Linear:
     return head
 
 
-def _loss(kind: str, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def _loss(kind: str, logits: torch.Tensor, target: torch.Tensor, mse: tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
+    """The batch's mean loss; ``mse`` = (k, M) of the rescaled squared error (see PretrainConfig)."""
+    weight, scale = mse
     if kind == "ce":
         return F.cross_entropy(logits, target)
     onehot = F.one_hot(target, logits.shape[1]).to(logits.dtype)
-    return F.mse_loss(logits, onehot, reduction="sum") / len(target)
+    if weight == 1 and scale == 1:
+        return F.mse_loss(logits, onehot, reduction="sum") / len(target)
+    return ((1 + (weight - 1) * onehot) * (logits - scale * onehot).square()).sum() / len(target)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -333,7 +343,7 @@ class _Net(nn.Module):
 
 def _train_epoch(net: nn.Module, opt: torch.optim.SGD, images: torch.Tensor, labels: torch.Tensor,
                  pp: dict, loss_kind: str, batch_size: int, generator: torch.Generator,
-                 clip_grad_norm: float | None = None) -> tuple[float, float]:
+                 clip_grad_norm: float | None = None, mse: tuple[float, float] = (1.0, 1.0)) -> tuple[float, float]:
     """One epoch over shuffled full batches of images uint8 [N, H, W, C] (CPU) and labels [N]; returns
     (mean loss, running accuracy) over the whole group.
 
@@ -354,7 +364,7 @@ def _train_epoch(net: nn.Module, opt: torch.optim.SGD, images: torch.Tensor, lab
         idx = order[b * bs : (b + 1) * bs][where.rank :: where.world_size]
         target = labels[idx].to(dev)
         logits = net(to_input(images[idx], pp).to(dev))
-        loss = _loss(loss_kind, logits, target)
+        loss = _loss(loss_kind, logits, target, mse)
         if where.world_size > 1:
             loss = loss * (len(idx) * where.world_size / bs)
         opt.zero_grad(set_to_none=True)
@@ -469,7 +479,7 @@ def _train(run: _Run, out_dir: Path, seed: int, tracker: Tracker | None) -> tupl
             torch.manual_seed(_epoch_seed(seed, epoch))
             generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
             loss, acc = _train_epoch(net, opt, images_t, labels_t, run.preprocessing, config.loss, config.batch_size,
-                                     generator, config.clip_grad_norm)
+                                     generator, config.clip_grad_norm, (config.mse_weight, config.mse_target))
             record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "loss": loss, "running_acc": acc}
             bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}")
             if not where.is_main:
