@@ -301,3 +301,43 @@ def test_min_steps_raises_epochs_for_small_source_sets():
     assert cfg.for_size(8).epochs == 100                   # fewer images than a batch: one step per epoch
     with pytest.raises(ValueError, match="pretrain.min_steps"):
         PretrainConfig(min_steps=-1)
+
+
+def test_rescaled_squared_error_matches_a_loop():
+    """k·(f_y − M)² + Σ_{c≠y} f_c², averaged over the batch (Hui & Belkin 2021); k = M = 1 is the plain one."""
+    import numpy as np
+
+    from ncbench.pretrain import _loss
+
+    g = torch.Generator().manual_seed(0)
+    logits, target = torch.randn(7, 5, generator=g, dtype=torch.float64), torch.tensor([0, 4, 2, 2, 1, 3, 0])
+    for k, m in ((1.0, 1.0), (10.0, 10.0), (3.0, 0.5)):
+        brute = np.mean([sum((k if c == y else 1.0) * (float(f[c]) - (m if c == y else 0.0)) ** 2 for c in range(5))
+                         for f, y in zip(logits, target.tolist())])
+        assert float(_loss("mse", logits, target, (k, m))) == pytest.approx(brute, rel=1e-12)
+    assert float(_loss("mse", logits, target)) == pytest.approx(float(((logits - torch.eye(5, dtype=torch.float64)[target]) ** 2).sum(1).mean()))
+
+
+@pytest.mark.parametrize("field, bad", [("clip_grad_norm", 0), ("clip_grad_norm", float("inf")), ("mse_weight", 0),
+                                        ("mse_target", -1.0), ("clip_grad_norm", True)])
+def test_bad_loss_settings_name_the_field(field, bad):
+    with pytest.raises(ValueError, match=f"pretrain.{field}"):
+        PretrainConfig(**{field: bad})
+
+
+def test_clipping_bounds_every_step(data, tmp_path, monkeypatch):
+    """With clip_grad_norm the gradient the optimizer sees never exceeds it; the recipe records the setting."""
+    ds, tr = data[0], data[1]
+    norms = []
+    real_step = torch.optim.SGD.step
+
+    def step(self, *a, **k):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    out = pretrain("tiny-mlp", ds, tr, None, PretrainConfig(**{**FAST, "loss": "mse", "lr": 0.5, "clip_grad_norm": 0.01}),
+                   tmp_path, seed=0)
+    assert norms and max(norms) <= 0.01 * (1 + 1e-5)
+    assert json.loads((out / "run.json").read_text())["recipe"]["clip_grad_norm"] == 0.01
