@@ -240,7 +240,8 @@ def _compared_models(args: argparse.Namespace) -> tuple[str, str] | None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from ncbench.compare import compare, compare_models, format_models_table, format_table, write_csv  # lazy: start-up time
+    from ncbench.compare import (compare, compare_models, format_models_table, format_reproduction,  # lazy: start-up
+                                 format_table, reproduced, write_csv)
 
     if len(args.files) > 2:
         raise UsageError(f"expected one or two leaderboard CSVs, got {len(args.files)}: {' '.join(args.files)}")
@@ -249,14 +250,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {args.out}: is an input leaderboard; give another file for the comparison")
     results_dirs = [Path(d) for d in args.results] if args.results else None
     models = _compared_models(args)
+    if args.reproduce and (models is not None or len(files) != 2):
+        raise UsageError("--reproduce: give the claimed leaderboard CSV, then the re-run's (no --models)")
     if models is None:
         df = compare(files[0], files[1], results_dirs=results_dirs)
-        print(format_table(df))
+        print(format_reproduction(df) if args.reproduce else format_table(df))
     else:
         df = compare_models(files[0], models[0], models[1], files[-1], results_dirs=results_dirs)
         print(format_models_table(df))
     if args.out:
         print(f"wrote {write_csv(df, Path(args.out))}")
+    if args.reproduce:
+        return 0 if reproduced(df) else 1
     return 0
 
 
@@ -388,6 +393,9 @@ def _compare_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-a", metavar="A", help="model A, from the first CSV (with --model-b)")
     p.add_argument("--model-b", metavar="B", help="model B, from the last CSV (with --model-a)")
     p.add_argument("--out", metavar="CSV", help="also write the comparison as CSV (not an input file)")
+    p.add_argument("--reproduce", action="store_true",
+                   help="A is the claimed (committed) leaderboard, B a re-run of it: print claimed vs reproduced per "
+                        "row and exit 1 unless every claimed row is reproduced within its 95 %% CI")
     p.add_argument("--results", nargs="+", metavar="DIR",
                    help="result folders holding per-episode data for paired tests (default: next to each CSV)")
 

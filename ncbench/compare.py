@@ -21,6 +21,11 @@ rows only). For each joined row:
   half-width; ``significant`` is ``|Δ| > acc_delta_ci95`` (empty when the half-width is undefined);
   ``same_episodes`` is False when the episode hashes differ (such rows are never paired).
 
+**Reproduction** (``--reproduce``, what ``make bench`` ends with: A = the committed, claimed leaderboard, B =
+this machine's run): ``within_ci`` is ``|Δacc| <= acc_ci95_a`` (B's accuracy lies inside the claimed row's
+95 % CI over episodes); ``bit_identical`` is True when the per-episode accuracies of both result files are
+equal (same machine kind and thread count; across CPU models only ``within_ci`` can be expected).
+
 Keys present in one file only have ``status`` ``only_a`` / ``only_b``; failed units are listed once per
 file (``failed_a`` / ``failed_b``, head and shots empty, with their ``error``): nothing is dropped silently.
 """
@@ -203,6 +208,16 @@ def compare(a_path: Path, b_path: Path, *, results_dirs: list[Path] | None = Non
     defined = both & out["acc_delta_ci95"].notna()
     out["significant"] = pd.array([pd.NA] * len(out), dtype="boolean")
     out.loc[defined, "significant"] = out.loc[defined, "acc_mean_delta"].abs() > out.loc[defined, "acc_delta_ci95"]
+    # reproduction: does B's accuracy lie within A's (the claimed row's) 95 % CI; are the per-episode scores equal?
+    out["within_ci"] = pd.array([pd.NA] * len(out), dtype="boolean")
+    claimed = both & out["acc_ci95_a"].notna()
+    out.loc[claimed, "within_ci"] = (out.loc[claimed, "acc_mean_delta"].abs()
+                                     <= out.loc[claimed, "acc_ci95_a"] * (1 + ACC_REL_TOL))
+    out["bit_identical"] = pd.array([pd.NA] * len(out), dtype="boolean")
+    for i in out.index[both & same]:
+        ea, eb = (_per_episode(out.loc[i], sfx, dirs, cache) for sfx, dirs in (("_a", dirs_a), ("_b", dirs_b)))
+        if ea is not None and eb is not None:
+            out.loc[i, "bit_identical"] = bool(ea.shape == eb.shape and np.array_equal(ea, eb))
     log.info("compared %d joined rows: %d paired, %d from the CIs, %d significant", int(both.sum()),
              int(out["test"].eq("paired").sum()), int(out["test"].eq("ci").sum()), int(out["significant"].sum()))
 
@@ -213,7 +228,7 @@ def compare(a_path: Path, b_path: Path, *, results_dirs: list[Path] | None = Non
     order = pd.Categorical(out["status"], categories=STATUSES, ordered=True)
     out = (out.assign(_order=order).sort_values(["_order"] + JOIN_KEY, na_position="first", kind="mergesort")
            .drop(columns="_order").reset_index(drop=True))
-    columns = (JOIN_KEY + ["status", "test", "significant", "acc_delta_ci95", "same_episodes",
+    columns = (JOIN_KEY + ["status", "test", "significant", "acc_delta_ci95", "same_episodes", "within_ci", "bit_identical",
                            "rank_a", "rank_b", "rank_delta", "acc_ci95_a", "acc_ci95_b", "n_episodes_a", "n_episodes_b"]
                + [f"{c}_{s}" for c in compared for s in ("a", "b", "delta")]
                + ["episodes_hash_a", "episodes_hash_b", "result_file_a", "result_file_b", "error"])
@@ -261,6 +276,46 @@ def format_table(df: pd.DataFrame) -> str:
                  f"worse ({n['paired']} paired, {n['ci']} from CIs; {n['differ']} on different episodes); "
                  f"{n['only_a']} only in A, {n['only_b']} only in B, {len(failed)} failed units")
     return "\n\n".join(parts)
+
+
+def reproduction_line(df: pd.DataFrame) -> str:
+    """One line summing up a :func:`compare` of a claimed leaderboard (A) and a re-run (B)."""
+    both = df[df["status"].eq("both")]
+    within, ident = int(both["within_ci"].eq(True).sum()), int(both["bit_identical"].eq(True).sum())
+    failed = int(df["status"].eq("failed_b").sum())
+    return (f"reproduced {within}/{len(both)} rows within the claimed 95 % CI ({ident} bit-identical"
+            f"{': other CPU or thread count' if ident < len(both) else ''})"
+            + (f"; {failed} units failed here" if failed else ""))
+
+
+def reproduced(df: pd.DataFrame) -> bool:
+    """Whether a re-run (B) reproduced every claimed row it re-ran within the claimed CI, with no failed unit."""
+    both = df[df["status"].eq("both")]
+    return bool(len(both)) and bool(both["within_ci"].eq(True).all()) and not df["status"].eq("failed_b").any()
+
+
+def format_reproduction(df: pd.DataFrame) -> str:
+    """The claimed-vs-reproduced table: per joined row the claimed and reproduced accuracy, the paired delta
+    on identical episodes with its 95 % interval, and whether it lies within the claimed CI; then a legend and
+    :func:`reproduction_line`."""
+    both = df[df["status"].eq("both")]
+    table = pd.DataFrame({
+        "model": both["model"], "s": both["source_classes"], "seed": both["seed"], "head": both["head"],
+        "shots": both["shots"],
+        "claimed": [f"{_fmt(a, '.4f')} ± {_fmt(c, '.4f')}" for a, c in zip(both["acc_mean_a"], both["acc_ci95_a"])],
+        "reproduced": both["acc_mean_b"].map(lambda x: _fmt(x, ".4f")),
+        "Δ (paired)": [f"{_fmt(d, '+.4f')} ± {_fmt(h, '.4f')}" for d, h in zip(both["acc_mean_delta"], both["acc_delta_ci95"])],
+        "test": both["test"].fillna(""),
+        "within CI": both["within_ci"].map({True: "yes", False: "NO"}).fillna("?"),
+        "identical": both["bit_identical"].map({True: "yes", False: "no"}).fillna("?"),
+    })
+    legend = ("legend: claimed = the committed row's accuracy ± its 95 % CI over episodes; reproduced = this run's "
+              "accuracy; Δ = reproduced − claimed ± the 95 % interval of the per-episode differences (test paired: "
+              "same episodes, per-episode scores found; ci: from the two CIs); within CI = |Δ| ≤ the claimed CI; "
+              "identical = every per-episode score equal (expected only on the same machine kind and thread count); "
+              "? = not known (no per-episode data).")
+    body = table.to_string(index=False) if len(table) else "(no rows in both files)"
+    return "\n\n".join([body, legend, reproduction_line(df)])
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> Path:

@@ -339,3 +339,26 @@ def test_cli_models_one_file_two_files_and_out(planted, tmp_path, capsys):
         assert main(["compare", *argv]) == 2
         assert message in capsys.readouterr().err
     assert planted.read_text().startswith("task,model")  # --out never overwrote the input
+
+
+# ------------------------------------------------------------------------------ claimed vs reproduced
+def test_reproduction_within_ci_and_bit_identical(tmp_path, capsys):
+    """A re-run whose accuracy moves less than the claimed CI is reproduced; one that moves more is not; an
+    equal one is bit-identical. The CLI's --reproduce exits 1 unless every re-run row is within the CI."""
+    rng = np.random.default_rng(0)
+    claimed = rng.uniform(0.4, 0.9, 200)               # CI half-width ≈ 1.96·0.144/√200 ≈ 0.02
+    records = lambda shift_m2: [make_record("m1", 5, 0, {("ridge", 1): claimed}),
+                                make_record("m2", 5, 0, {("ridge", 1): np.clip(claimed + shift_m2, 0, 1)})]
+    a = make_leaderboard(tmp_path / "a", records(0.0))
+    near = make_leaderboard(tmp_path / "near", records(0.005))
+    far = make_leaderboard(tmp_path / "far", records(0.08))
+    df = compare(a, near)
+    assert row(df, "m1")["bit_identical"] and row(df, "m1")["within_ci"]
+    assert not row(df, "m2")["bit_identical"] and row(df, "m2")["within_ci"]
+    assert not row(compare(a, far), "m2")["within_ci"]
+    assert main(["compare", str(a), str(near), "--reproduce"]) == 0
+    out = capsys.readouterr().out
+    assert "reproduced 2/2 rows within the claimed 95 % CI (1 bit-identical: other CPU or thread count)" in out
+    assert "legend: claimed = the committed row's accuracy" in out
+    assert main(["compare", str(a), str(far), "--reproduce"]) == 1
+    assert "reproduced 1/2 rows" in capsys.readouterr().out
