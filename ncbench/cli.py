@@ -146,11 +146,18 @@ def _run_options(args: argparse.Namespace):
                       **{k: getattr(args, k) for k in ("timeout_s", "memory_gb") if hasattr(args, k)})
 
 
-def _single_unit(args: argparse.Namespace):
-    from ncbench.tasks import find_task  # lazy: start-up time
-    from ncbench.unit import plan_units  # lazy: start-up time
+def _task(args: argparse.Namespace):
+    """The task named by ``args.task``, with its ``--set`` overrides."""
+    from ncbench.tasks import find_task, with_overrides  # lazy: start-up time
 
     task = find_task(args.task)
+    return with_overrides(task, _options(args.set, "--set")) if getattr(args, "set", None) else task
+
+
+def _single_unit(args: argparse.Namespace):
+    from ncbench.unit import plan_units  # lazy: start-up time
+
+    task = _task(args)
     opts = _run_options(args)
     units = plan_units(task, opts)
     if len(units) != 1:
@@ -194,9 +201,7 @@ def _report_statuses(statuses: list, what: str) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from ncbench import distributed, leaderboard  # lazy: start-up time
     from ncbench.executor import execute  # lazy: start-up time
-    from ncbench.tasks import find_task  # lazy: start-up time
-
-    task = find_task(args.task)
+    task = _task(args)
     opts = _run_options(args)
     slurm = None
     if args.executor != "local":
@@ -335,6 +340,10 @@ def _unit_args(p: argparse.ArgumentParser, grid: bool) -> None:
     p.add_argument("--seeds" if grid else "--seed", dest="seeds", type=int, nargs="+" if grid else None,
                    metavar="N", help="pretraining seeds (default: the task's)")
     p.add_argument("--data-root", metavar="DIR", help="root folder of a real dataset (sets dataset option root)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a task field, dotted into mappings (e.g. episodes.count=100, pretrain.epochs=5; "
+                        "value read as YAML; repeatable): validated like the task file and part of the rows' config "
+                        "hash, so such rows are not the task's canonical ones (write them with --results elsewhere)")
     _storage(p)
 
 

@@ -436,6 +436,25 @@ def parse_task(data: dict, path: str = "<task>") -> Task:
                 raw=data)
 
 
+def with_overrides(task: Task, overrides: dict[str, Any]) -> Task:
+    """``task`` with ``--set KEY=VALUE`` overrides: dotted keys into its fields (``episodes.count``,
+    ``pretrain.epochs``, ``dataset.options.classes``), validated as a task file is. They change its raw
+    mapping, so every unit's config hash (and its rows') records them; ``name`` and ``version`` stay."""
+    data = copy.deepcopy(task.raw)
+    for key, value in overrides.items():
+        parts = key.split(".")
+        if parts[0] not in TASK_KEYS - {"include", "name", "version"} or not all(parts):
+            raise TaskError([f"--set {key}: expected a task field (dotted into mappings), one of "
+                             f"{', '.join(sorted(TASK_KEYS - {'include', 'name', 'version'}))}"])
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise TaskError([f"--set {key}: {'.'.join(parts[:i + 1])} is not a mapping in task {task.name!r}"])
+        node[parts[-1]] = value
+    return parse_task(data, f"{task.path} with --set {' '.join(overrides)}")
+
+
 def check_base(path: str | os.PathLike) -> None:
     """A base file (name starting with ``_``) only has to be valid YAML with known task fields: the
     tasks that include it are validated whole."""

@@ -138,3 +138,28 @@ def test_base_file_with_unknown_field_fails(tmp_path, capsys):
     base = write(tmp_path, {"colour": "red", "seeds": [0]}, name="_base.yaml")
     assert main(["validate", str(base)]) == 2
     assert "colour: unknown field" in capsys.readouterr().err
+
+
+def test_set_overrides_are_validated_and_hashed(tmp_path):
+    from ncbench.tasks import with_overrides
+    from ncbench.unit import RunOptions, plan_units
+
+    task = load_task(SMOKE)
+    over = with_overrides(task, {"episodes.count": 7, "pretrain.epochs": 2, "dataset.options.classes": 50})
+    assert over.episodes.count == 7 and over.pretrain["epochs"] == 2 and over.dataset_options["classes"] == 50
+    assert over.name == task.name and task.episodes.count == 100                    # the original is untouched
+    unit, base = (plan_units(t, RunOptions(seeds=[0], source_classes=[5]))[0] for t in (over, task))
+    assert unit.config_hash != base.config_hash
+    with pytest.raises(TaskError, match=r"episodes.count: expected an integer, got 'abc'"):
+        with_overrides(task, {"episodes.count": "abc"})
+    with pytest.raises(TaskError, match=r"--set episode.count: expected a task field"):
+        with_overrides(task, {"episode.count": 3})
+    with pytest.raises(TaskError, match=r"--set name: expected a task field"):
+        with_overrides(task, {"name": "other"})
+    with pytest.raises(TaskError, match=r"--set layer_eps.x: layer_eps is not a mapping"):
+        with_overrides(task, {"layer_eps.x": 3})
+
+
+def test_cli_set_reaches_the_run(tmp_path, capsys):
+    assert main(["run", str(SMOKE), "--set", "episodes.count=abc", "--out", str(tmp_path)]) == 2
+    assert "episodes.count: expected an integer, got 'abc'" in capsys.readouterr().err
