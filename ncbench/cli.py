@@ -15,8 +15,10 @@ torch start in a fraction of a second.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -63,7 +65,7 @@ OS_ERROR_HINTS = {
 
 # ------------------------------------------------------------------------------------------- commands
 def _task_names() -> list[str]:
-    from ncbench.tasks import task_files  # lazy: start-up time
+    from ncbench.taskfiles import task_files  # lazy: start-up time
 
     return list(task_files())
 
@@ -376,17 +378,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _process_group() -> contextlib.AbstractContextManager:
+    """torchrun's process group for the command (yields this process's place), or, in a process that no
+    launcher started (no ``WORLD_SIZE`` above 1), nothing to join: yields None without importing torch."""
+    if os.environ.get("WORLD_SIZE", "") in ("", "1"):
+        return contextlib.nullcontext()
+    from ncbench import distributed  # lazy: start-up time (torch)
+
+    return distributed.session()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     keep_freed_memory()
-    from ncbench import distributed  # lazy: start-up time (torch)
-
     try:
-        with distributed.session() as where:
-            if not where.is_main:  # one log, one progress bar: rank 0's
+        with _process_group() as where:
+            if where is not None and not where.is_main:  # one log, one progress bar: rank 0's
                 logging.getLogger().setLevel(logging.WARNING)
             return args.func(args)
     except INPUT_ERRORS as e:
