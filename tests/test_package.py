@@ -63,6 +63,19 @@ def test_env_that_is_not_a_folder_is_a_clear_error(tmp_path, monkeypatch, capsys
     assert "NCBENCH_TASKS" in err and str(tmp_path / "missing") in err and "not a folder" in err
 
 
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_bench_smoke_writes_under_out_only(tmp_path):
+    """`make bench-smoke` (a dry run: the commands it would run) keeps results and leaderboards in OUT."""
+    out = tmp_path / "out"
+    proc = subprocess.run(["make", "-n", "-C", str(ROOT), "bench-smoke", f"OUT={out}"], capture_output=True,
+                          text=True, timeout=60, check=True)
+    commands = [line.split() for line in proc.stdout.splitlines() if "/ncbench " in line]
+    assert [c[1:3] for c in commands] == [["run", "glyphs-smoke"]]
+    for command in commands:
+        for flag, where in (("--out", out), ("--results", out / "results"), ("--leaderboards", out / "leaderboards")):
+            assert command[command.index(flag) + 1] == str(where), command
+
+
 def _copy_source(dest: Path) -> Path:
     """What a wheel is built from (a copy: building writes build/ and *.egg-info beside the sources)."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
