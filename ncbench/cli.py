@@ -392,9 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _process_group() -> contextlib.AbstractContextManager:
-    """torchrun's process group for the command (yields this process's place), or, in a process that no
-    launcher started (no ``WORLD_SIZE`` above 1), nothing to join: yields None without importing torch."""
-    if os.environ.get("WORLD_SIZE", "") in ("", "1"):
+    """The launcher's process group for the command (yields this process's place); in a process that no
+    launcher started (none of RANK, WORLD_SIZE, LOCAL_RANK set) nothing to join: yields None without
+    importing torch."""
+    if not any(os.environ.get(name) for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK")):
         return contextlib.nullcontext()
     from ncbench import distributed  # lazy: start-up time (torch)
 
