@@ -1,13 +1,16 @@
 """Start-up time of the ``ncbench`` commands that do little work: each command as a fresh process.
 
     python benchmarks/startup.py                          # this checkout, every command, best of 5
-    python benchmarks/startup.py --root /path/to/other/checkout --repeat 3   # another checkout (a "before")
+    python benchmarks/startup.py --root /path/to/other/checkout --repeat 3   # another checkout
+    python benchmarks/startup.py --baseline /path/to/main/checkout          # before (baseline) and after, side by side
     python benchmarks/startup.py --only help list-tasks --repeat 1           # a quick run
 
 Each command runs once untimed first (it fills the caches a second run finds: the glyphs font scan and
 renders in ``$NCBENCH_CACHE``), then ``--repeat`` times; the fastest run is printed, as timeit does, to damp
-noise from other processes. Every command runs in an empty temporary folder with ``--root`` first on
-``PYTHONPATH``; ``validate`` checks ``--root``'s ``tasks/glyphs-smoke.yaml``. Two reference lines give the
+noise from other processes. With ``--baseline`` each run of a command alternates between the baseline
+checkout and ``--root``, so that both see the same load, and the ratio baseline / root is printed. Every
+command runs in an empty temporary folder with its checkout first on ``PYTHONPATH``; ``validate`` checks
+that checkout's ``tasks/glyphs-smoke.yaml``. Two reference lines give the
 floor: a bare interpreter, and one that imports torch (the commands whose registries hold torch modules,
 ``list backbones`` and ``validate``, cannot start faster than that).
 """
@@ -42,14 +45,18 @@ def commands(root: Path) -> dict[str, list[str]]:
     }
 
 
-def timed(argv: list[str], cwd: Path, env: dict[str, str], repeat: int) -> tuple[float, int]:
-    """(fastest wall-clock seconds of ``repeat`` runs, the last run's exit code)."""
-    best, code = math.inf, 0
-    for _ in range(repeat):
-        start = time.perf_counter()
-        code = subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
-        best = min(best, time.perf_counter() - start)
-    return best, code
+def once(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int]:
+    """(wall-clock seconds, exit code) of one run."""
+    start = time.perf_counter()
+    code = subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+    return time.perf_counter() - start, code
+
+
+def environment(root: Path) -> dict[str, str]:
+    """This environment with ``root`` first on PYTHONPATH and no task-folder override."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    env.pop("NCBENCH_TASKS", None)
+    return env
 
 
 def main() -> None:
@@ -59,26 +66,36 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=5, help="timed runs per command; the fastest is printed")
     p.add_argument("--only", nargs="+", metavar="LABEL", help=f"commands to time (default: all of "
                                                               f"{', '.join(commands(ROOT))})")
+    p.add_argument("--baseline", type=Path, metavar="DIR",
+                   help="also time this checkout (e.g. the main branch), alternating with --root, and print the ratio")
     a = p.parse_args()
-    table = commands(a.root.resolve())
-    unknown = sorted(set(a.only or []) - set(table))
+    roots = [r.resolve() for r in ([a.baseline] if a.baseline else []) + [a.root]]
+    tables = [commands(r) for r in roots]
+    unknown = sorted(set(a.only or []) - set(tables[0]))
     if unknown:
-        p.error(f"--only: unknown label(s) {', '.join(unknown)}; known: {', '.join(table)}")
+        p.error(f"--only: unknown label(s) {', '.join(unknown)}; known: {', '.join(tables[0])}")
     if a.repeat < 1:
         p.error(f"--repeat must be >= 1, got {a.repeat}")
-    path = [str(a.root.resolve()), os.environ.get("PYTHONPATH")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
-    env.pop("NCBENCH_TASKS", None)
-    print(f"ncbench start-up, {a.root.resolve()}: seconds per command, fastest of {a.repeat} (after one untimed run)")
+    envs = [environment(r) for r in roots]
+    print(f"ncbench start-up: seconds per command, fastest of {a.repeat} (after one untimed run); "
+          + " | ".join(str(r) for r in roots))
     with tempfile.TemporaryDirectory(prefix="ncbench-startup-") as tmp:
-        for label, args in table.items():
+        for label in tables[0]:
             if a.only and label not in a.only:
                 continue
-            argv = [a.python, *args]
-            timed(argv, Path(tmp), env, 1)  # warm the caches (font scan, renders, the OS's file cache)
-            seconds, code = timed(argv, Path(tmp), env, a.repeat)
+            argvs = [[a.python, *t[label]] for t in tables]
+            for argv, env in zip(argvs, envs):
+                once(argv, Path(tmp), env)  # warm the caches (font scan, renders, the OS's file cache)
+            best, codes = [math.inf] * len(roots), [0] * len(roots)
+            for _ in range(a.repeat):
+                for i, (argv, env) in enumerate(zip(argvs, envs)):
+                    seconds, codes[i] = once(argv, Path(tmp), env)
+                    best[i] = min(best[i], seconds)
+            args = tables[-1][label]
             shown = "ncbench " + " ".join(args[2:]) if args[:2] == ["-m", "ncbench"] else "python " + " ".join(args)
-            print(f"{label:18s} {seconds:6.2f} s   exit {code}   ({shown})")
+            times = "   ".join(f"{b:6.2f} s exit {c}" for b, c in zip(best, codes))
+            ratio = f"   baseline/root {best[0] / best[1]:5.1f}x" if a.baseline else ""
+            print(f"{label:18s} {times}{ratio}   ({shown})")
 
 
 if __name__ == "__main__":
