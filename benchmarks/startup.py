@@ -5,13 +5,14 @@
     python benchmarks/startup.py --baseline /path/to/main/checkout          # before (baseline) and after, side by side
     python benchmarks/startup.py --only help list-tasks --repeat 1           # a quick run
 
-Each command runs once untimed first (it fills the caches a second run finds: the glyphs font scan and
-renders in ``$NCBENCH_CACHE``), then ``--repeat`` times; the fastest run is printed, as timeit does, to damp
-noise from other processes. With ``--baseline`` each run of a command alternates between the baseline
-checkout and ``--root``, so that both see the same load, and the ratio baseline / root is printed. Every
-command runs in an empty temporary folder with its checkout first on ``PYTHONPATH``; ``validate`` checks
-that checkout's ``tasks/glyphs-smoke.yaml``. Two reference lines give the
-floor: a bare interpreter, and one that imports torch (the commands whose registries hold torch modules,
+Wall-clock and CPU seconds (user + system of the command's process tree) are both printed: on a busy machine
+the CPU time is the steadier figure. Each command runs once untimed first (it fills the caches a second run
+finds: the glyphs font scan and renders in ``$NCBENCH_CACHE``), then ``--repeat`` times; the fastest run is
+printed, as timeit does, to damp noise from other processes. With ``--baseline`` each run of a command
+alternates between the baseline checkout and ``--root``, so that both see the same load, and the ratio
+baseline / root is printed. Every command runs in an empty temporary folder with its checkout first on
+``PYTHONPATH``; ``validate`` checks that checkout's ``tasks/glyphs-smoke.yaml``. Two reference lines give
+the floor: a bare interpreter, and one that imports torch (the commands whose registries hold torch modules,
 ``list backbones`` and ``validate``, cannot start faster than that).
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -45,11 +47,15 @@ def commands(root: Path) -> dict[str, list[str]]:
     }
 
 
-def once(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int]:
-    """(wall-clock seconds, exit code) of one run."""
+def once(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, int]:
+    """(wall-clock seconds, CPU seconds (user + system), exit code) of one run. On a busy machine the CPU
+    time is the steadier figure: the wall clock also counts the time spent waiting for a core."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     code = subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
-    return time.perf_counter() - start, code
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), code
 
 
 def environment(root: Path) -> dict[str, str]:
@@ -77,7 +83,7 @@ def main() -> None:
     if a.repeat < 1:
         p.error(f"--repeat must be >= 1, got {a.repeat}")
     envs = [environment(r) for r in roots]
-    print(f"ncbench start-up: seconds per command, fastest of {a.repeat} (after one untimed run); "
+    print(f"ncbench start-up: wall-clock (and CPU) seconds per command, fastest of {a.repeat} (after one untimed run); "
           + " | ".join(str(r) for r in roots))
     with tempfile.TemporaryDirectory(prefix="ncbench-startup-") as tmp:
         for label in tables[0]:
@@ -86,15 +92,16 @@ def main() -> None:
             argvs = [[a.python, *t[label]] for t in tables]
             for argv, env in zip(argvs, envs):
                 once(argv, Path(tmp), env)  # warm the caches (font scan, renders, the OS's file cache)
-            best, codes = [math.inf] * len(roots), [0] * len(roots)
+            best, cpu, codes = [math.inf] * len(roots), [math.inf] * len(roots), [0] * len(roots)
             for _ in range(a.repeat):
                 for i, (argv, env) in enumerate(zip(argvs, envs)):
-                    seconds, codes[i] = once(argv, Path(tmp), env)
-                    best[i] = min(best[i], seconds)
+                    seconds, cpu_s, codes[i] = once(argv, Path(tmp), env)
+                    best[i], cpu[i] = min(best[i], seconds), min(cpu[i], cpu_s)
             args = tables[-1][label]
             shown = "ncbench " + " ".join(args[2:]) if args[:2] == ["-m", "ncbench"] else "python " + " ".join(args)
-            times = "   ".join(f"{b:6.2f} s exit {c}" for b, c in zip(best, codes))
-            ratio = f"   baseline/root {best[0] / best[1]:5.1f}x" if a.baseline else ""
+            times = "   ".join(f"{b:6.2f} s (cpu {c:5.2f} s) exit {e}" for b, c, e in zip(best, cpu, codes))
+            ratio = (f"   baseline/root {best[0] / best[1]:5.1f}x (cpu {cpu[0] / max(cpu[1], 1e-9):4.1f}x)"
+                     if a.baseline else "")
             print(f"{label:18s} {times}{ratio}   ({shown})")
 
 
