@@ -15,8 +15,10 @@ torch start in a fraction of a second.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -48,6 +50,11 @@ EPILOG_EXAMPLES = {
 }
 
 
+DESCRIPTION = ("ncbench: neural collapse and few-shot transfer of pretrained backbones.\n"
+               "Each command has its own help: ncbench COMMAND --help.\n"
+               "Exit codes: 0 success, 1 a unit or check failed, 2 bad usage or bad input.")
+
+
 class UsageError(ValueError):
     """Bad input detected by the CLI itself (exit code 2)."""
 
@@ -66,7 +73,7 @@ OS_ERROR_HINTS = {
 
 # ------------------------------------------------------------------------------------------- commands
 def _task_names() -> list[str]:
-    from ncbench.tasks import task_files  # lazy: start-up time
+    from ncbench.taskfiles import task_files  # lazy: start-up time
 
     return list(task_files())
 
@@ -309,10 +316,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------- parser
 def _storage(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="runs", help="folder for checkpoints, the feature cache and reports (default: runs)")
-    p.add_argument("--results", default="leaderboards/results",
+    p.add_argument("--out", default="runs", metavar="DIR",
+                   help="folder for checkpoints, the feature cache and reports (default: runs)")
+    p.add_argument("--results", default="leaderboards/results", metavar="DIR",
                    help="folder of raw result files (default: leaderboards/results)")
-    p.add_argument("--leaderboards", default="leaderboards", help="folder of leaderboard CSVs (default: leaderboards)")
+    p.add_argument("--leaderboards", default="leaderboards", metavar="DIR",
+                   help="folder of leaderboard CSVs (default: leaderboards)")
 
 
 def _limits(p: argparse.ArgumentParser) -> None:
@@ -336,9 +345,11 @@ def _unit_args(p: argparse.ArgumentParser, grid: bool) -> None:
                         "(needed to pretrain it with torchrun)")
     nargs = "+" if grid else None
     p.add_argument("--source-classes", type=int, nargs=nargs, metavar="S",
-                   help="source-class counts (default: the task's list)" if grid else "source-class count")
+                   help="source-class counts (default: the task's list)" if grid
+                   else "source-class count (default: the task's, when it lists one)")
     p.add_argument("--seeds" if grid else "--seed", dest="seeds", type=int, nargs="+" if grid else None,
-                   metavar="N", help="pretraining seeds (default: the task's)")
+                   metavar="N", help="pretraining seeds (default: the task's)" if grid
+                   else "pretraining seed (default: the task's, when it lists one)")
     p.add_argument("--data-root", metavar="DIR", help="root folder of a real dataset (sets dataset option root)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a task field, dotted into mappings (e.g. episodes.count=100, pretrain.epochs=5; "
@@ -376,11 +387,12 @@ def _run_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _list_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("kind", choices=list(LISTS))
+    p.add_argument("kind", choices=list(LISTS), help="what to list")
 
 
 def _validate_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="task YAML files (a file named _*.yaml is a base: checked for known fields only)")
     p.add_argument("--no-data", action="store_true",
                    help="skip the checks that load the dataset (pool sizes, images per class)")
     p.add_argument("--data-root", metavar="DIR", help="root folder of a real dataset, for the data checks")
@@ -412,7 +424,8 @@ def _compare_parser(p: argparse.ArgumentParser) -> None:
 def _submit_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="backbone: registered name, module:callable or file.py[:callable]")
     p.add_argument("--name", required=True, help="leaderboard name of the submission")
-    p.add_argument("--tasks", nargs="+", help="tasks to run (default: every task with a leaderboard CSV)")
+    p.add_argument("--tasks", nargs="+", metavar="TASK",
+                   help="tasks to run (default: every task with a leaderboard CSV)")
     p.add_argument("--smoke", action="store_true", help="run the tiny glyphs-smoke task first and stop on failure")
     p.add_argument("--backbone-option", action="append", metavar="KEY=VALUE", help="backbone option (repeatable)")
     p.add_argument("--data-root", metavar="DIR", help="root folder of a real dataset")
@@ -456,9 +469,11 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable[[ar
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ncbench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="ncbench", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"ncbench {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log debug messages; show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (func, text, add_arguments) in COMMANDS.items():
         p = sub.add_parser(name, help=text, description=text, epilog=EPILOG_EXAMPLES.get(name),
@@ -468,17 +483,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _process_group() -> contextlib.AbstractContextManager:
+    """The launcher's process group for the command (yields this process's place); in a process that no
+    launcher started (none of RANK, WORLD_SIZE, LOCAL_RANK set) nothing to join: yields None without
+    importing torch."""
+    if not any(os.environ.get(name) for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK")):
+        return contextlib.nullcontext()
+    from ncbench import distributed  # lazy: start-up time (torch)
+
+    return distributed.session()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     keep_freed_memory()
-    from ncbench import distributed  # lazy: start-up time (torch)
-
     try:
-        with distributed.session() as where:
-            if not where.is_main:  # one log, one progress bar: rank 0's
+        with _process_group() as where:
+            if where is not None and not where.is_main:  # one log, one progress bar: rank 0's
                 logging.getLogger().setLevel(logging.WARNING)
             return args.func(args)
     except INPUT_ERRORS as e:

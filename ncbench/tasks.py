@@ -27,6 +27,7 @@ from ncbench.episodes import EpisodeError, sample_episodes, source_images, split
 from ncbench.heads import head_options
 from ncbench.pretrain import PretrainConfig
 from ncbench.registry import BACKBONES, DATASETS, HEADS, METRICS, Registry
+from ncbench.taskfiles import task_files, tasks_dir  # noqa: F401  (public here too)
 
 TASK_KEYS = {"include", "name", "version", "description", "dataset", "pools", "source_classes",
              "images_per_class", "episodes", "backbone", "pretrain", "heads", "metrics", "layer_eps", "seeds",
@@ -524,19 +525,7 @@ def check_against_data(task: Task, data_root: str | None = None) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------- lookup
-def tasks_dir() -> Path:
-    """``$NCBENCH_TASKS``, else ``./tasks``, else the ``tasks/`` folder beside the package source."""
-    env = os.environ.get("NCBENCH_TASKS")
-    if env:
-        return Path(env)
-    here = Path("tasks")
-    return here if here.is_dir() else Path(__file__).resolve().parents[1] / "tasks"
-
-
-def task_files() -> dict[str, Path]:
-    """Task name (file stem) -> path, for every task file (files starting with ``_`` are bases)."""
-    d = tasks_dir()
-    return {p.stem: p for p in sorted(d.glob("*.yaml")) if not p.name.startswith("_")}
+# tasks_dir() and task_files() live in ncbench.taskfiles (imported above), light enough for `ncbench list tasks`
 
 
 def find_task(name_or_path: str) -> Task:

@@ -19,7 +19,8 @@ FLOW = (
     ("features", ("ncbench.features",)),
     ("heads/metrics", ("ncbench.heads", "ncbench.metrics", "ncbench.layerwise", "ncbench.tracking", "ncbench.ufm")),
     ("results", ("ncbench.results",)),
-    ("pipeline", ("ncbench.tasks", "ncbench.unit", "ncbench.sandbox", "ncbench.run", "ncbench.executor")),
+    ("pipeline", ("ncbench.taskfiles", "ncbench.tasks", "ncbench.unit", "ncbench.sandbox", "ncbench.run",
+                  "ncbench.executor")),
     ("leaderboards", ("ncbench.ranking", "ncbench.analysis", "ncbench.leaderboard", "ncbench.compare", "ncbench.report")),
     ("cli", ("ncbench.submit", "ncbench.cli", "ncbench.__main__")),
 )

@@ -5,7 +5,6 @@ average pooling, so feature_dim is the last stage's channel count."""
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import nn
 
 from ncbench.backbones.base import Backbone, image_hw
@@ -52,6 +51,8 @@ def resnet18(*, in_channels: int, image_size) -> Backbone:
     h, w = image_hw(image_size)
     if min(h, w) < 8:
         raise ValueError(f"resnet18: image_size {h}x{w} is too small (needs >= 8)")
+    import torchvision  # lazy: start-up time (torchvision imports torch._dynamo)
+
     net = torchvision.models.resnet18(weights=None)
     stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, padding=1, bias=False), net.bn1, net.relu)
     nn.init.kaiming_normal_(stem[0].weight, mode="fan_out", nonlinearity="relu")

@@ -15,7 +15,6 @@ import os
 from importlib import resources
 
 import numpy as np
-from torchvision.datasets import CIFAR100
 
 from ncbench.data.base import TEST, TRAIN, ImageDataset
 from ncbench.data.common import named_class_splits, require_root, split_list, torchvision_splits
@@ -27,6 +26,8 @@ _EXPECTED = "torchvision's CIFAR-100 layout: <root>/cifar-100-python/{train,test
 
 def _cifar100(name: str, root, download: bool, lists: dict[str, list[str]]) -> ImageDataset:
     """CIFAR-100 through ``torchvision.datasets.CIFAR100`` (which checks the files' md5 sums)."""
+    from torchvision.datasets import CIFAR100  # lazy: start-up time (torchvision imports torch._dynamo)
+
     path = require_root(name, root, _EXPECTED, downloadable=True, download=download)
     parts = torchvision_splits(name, CIFAR100, path, _EXPECTED, download)
     raw = np.concatenate([p.data for p in parts]).astype(np.uint8)  # [N, 32, 32, 3], as ds[i][0] holds them

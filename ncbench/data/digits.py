@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from sklearn.datasets import load_digits
 
 from ncbench.data.base import ImageDataset
 from ncbench.data.common import per_class_split, seeded_class_splits
@@ -26,6 +25,8 @@ def load(*, root: str | os.PathLike | None = None, download: bool = False, seed:
     Per-class split: in scikit-learn's order, the first ceil(0.75 n) images of each class are TRAIN,
     the rest TEST. Class split: seeded 6 / 2 / 2 train / val / test classes.
     """
+    from sklearn.datasets import load_digits  # lazy: start-up time (scikit-learn takes seconds to import)
+
     del root, download
     bunch = load_digits()
     raw = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)  # [1797, 8, 8]

@@ -11,12 +11,19 @@ image_size)`` only: its random numbers are row ``i`` of one uniform matrix drawn
 ``np.random.default_rng([seed, cp])``, so it does not depend on how many images or classes were asked
 for. Datasets are rendered once and cached on disk (``.npz`` keyed by a hash of the options and
 :data:`RENDERER_VERSION`); a corrupt or partial cache file is detected and re-rendered.
+
+The font scan that finds the usable characters takes seconds; its result (the code points) is cached on
+disk too, keyed by the matplotlib version, the scan's settings and the font files (paths, sizes, mtimes), so
+a process that finds its images cached (a sandboxed unit, ``ncbench validate``) neither scans the fonts nor
+imports torch or matplotlib.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.metadata
+import importlib.util
 import io
 import json
 import logging
@@ -27,11 +34,7 @@ import unicodedata
 import zipfile
 from pathlib import Path
 
-import matplotlib
 import numpy as np
-import torch
-import torch.nn.functional as F
-from matplotlib.ft2font import FT2Font, LoadFlags
 from tqdm.auto import tqdm
 
 from ncbench.data.base import TEST, TRAIN, DatasetError, ImageDataset
@@ -77,8 +80,21 @@ _PIXELS = _ELASTIC + 2 * ELASTIC_GRID * ELASTIC_GRID
 
 
 def font_dir() -> Path:
-    """The folder of TrueType fonts bundled with matplotlib."""
-    return Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    """The folder of TrueType fonts bundled with matplotlib (``matplotlib.get_data_path()/fonts/ttf``), found
+    without importing matplotlib."""
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is None or spec.origin is None:
+        raise DatasetError("glyphs: matplotlib is not installed; the glyphs dataset renders its bundled fonts")
+    return Path(spec.origin).parent / "mpl-data" / "fonts" / "ttf"
+
+
+def _font_paths() -> list[Path]:
+    """The paths of :data:`FONT_FILES`; DatasetError naming the first one missing."""
+    paths = [font_dir() / name for name in FONT_FILES]
+    for path in paths:
+        if not path.is_file():
+            raise DatasetError(f"glyphs: matplotlib font {path} is missing; expected the fonts matplotlib ships")
+    return paths
 
 
 @functools.lru_cache(maxsize=1)
@@ -90,12 +106,11 @@ def _glyph_table() -> tuple[list[int], dict[int, list[np.ndarray]]]:
     >= MIN_FONTS fonts, and not pixel-identical in some font to an earlier usable character (Latin
     'A' / Greek 'Alpha' / Cyrillic 'A' are one class, not three).
     """
+    from matplotlib.ft2font import FT2Font, LoadFlags  # lazy: start-up time (only a font scan needs matplotlib)
+
     start = time.perf_counter()
     fonts = []
-    for name in FONT_FILES:
-        path = font_dir() / name
-        if not path.is_file():
-            raise DatasetError(f"glyphs: matplotlib font {path} is missing; expected the fonts matplotlib ships")
+    for path in _font_paths():
         font = FT2Font(str(path))
         font.set_size(EM_PX, 72)
         fonts.append(font)
@@ -133,9 +148,58 @@ def _glyph_table() -> tuple[list[int], dict[int, list[np.ndarray]]]:
     return usable, bitmaps
 
 
-def usable_characters() -> list[int]:
-    """Code points of every usable glyph class, ascending (2,101 with matplotlib 3.11)."""
-    return list(_glyph_table()[0])
+def scan_cache_path(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The file caching the font scan's usable code points: ``<cache>/glyphs/fonts-<key>.json``, the key a hash
+    of the matplotlib version, :data:`RENDERER_VERSION`, the scan's settings and each font file's path, size
+    and modification time (a new matplotlib or a changed font gets a new file)."""
+    fonts = []
+    for path in _font_paths():
+        st = path.stat()
+        fonts.append([str(path), st.st_size, st.st_mtime_ns])
+    key = json.dumps({"renderer": RENDERER_VERSION, "matplotlib": importlib.metadata.version("matplotlib"),
+                      "min_fonts": MIN_FONTS, "em_px": EM_PX, "min_ink": MIN_INK,
+                      "skip": sorted(_SKIP_CATEGORIES), "fonts": fonts}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+    return Path(cache_dir or default_cache_dir()) / "glyphs" / f"fonts-{digest}.json"
+
+
+def _read_scan(path: Path) -> list[int] | None:
+    """The cached usable code points in ``path``; None when it is absent or not a valid scan."""
+    try:
+        codepoints = json.loads(path.read_text(encoding="utf-8"))["codepoints"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.warning("glyphs: font-scan cache %s is unreadable (%s); scanning the fonts again", path, err)
+        return None
+    if (not isinstance(codepoints, list) or not codepoints
+            or not all(isinstance(c, int) and not isinstance(c, bool) for c in codepoints)
+            or codepoints != sorted(set(codepoints))):
+        log.warning("glyphs: font-scan cache %s does not hold ascending code points; scanning the fonts again", path)
+        return None
+    return codepoints
+
+
+@functools.lru_cache(maxsize=8)
+def _usable(path: Path) -> tuple[int, ...]:
+    cached = _read_scan(path)
+    if cached is not None:
+        return tuple(cached)
+    usable = _glyph_table()[0]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps({"codepoints": usable}).encode())
+    except OSError as err:  # a read-only cache: the scan is still right, only not kept
+        log.warning("glyphs: could not write the font-scan cache %s (%s)", path, err)
+    return tuple(usable)
+
+
+def usable_characters(cache_dir: str | os.PathLike | None = None) -> list[int]:
+    """Code points of every usable glyph class, ascending (2,101 with matplotlib 3.11).
+
+    Read from the font-scan cache (:func:`scan_cache_path` of ``cache_dir``) when it is there; otherwise the
+    fonts are scanned and the result written there."""
+    return list(_usable(scan_cache_path(cache_dir)))
 
 
 def _clean_canvases(cp: int, size: int) -> torch.Tensor:
@@ -145,6 +209,9 @@ def _clean_canvases(cp: int, size: int) -> torch.Tensor:
     half-eroded / kept / dilated there (3x3 max-pool), then resampled (antialiased) to ``size``.
     Returns float [F, 3, size, size] in [0, 1].
     """
+    import torch  # lazy: start-up time (only rendering needs torch; cached images do not)
+    import torch.nn.functional as F
+
     crops = _glyph_table()[1][cp]
     canvas = torch.zeros(len(crops), 1, CANVAS, CANVAS)
     limit = CANVAS - 4
@@ -172,6 +239,9 @@ def _distort(clean: torch.Tensor, u: torch.Tensor, size: int) -> torch.Tensor:
     clean: [B, 1, size, size] float in [0, 1] (stroke width already chosen); u: [B, _PIXELS + size*size] float64 uniforms.
     Returns float [B, size, size] in [0, 1], strokes bright on dark.
     """
+    import torch  # lazy: start-up time (only rendering needs torch; cached images do not)
+    import torch.nn.functional as F
+
     b = clean.shape[0]
     u = u.float()
     x = clean
@@ -236,6 +306,8 @@ def render(codepoints: list[int], per_class: int, seed: int, image_size: int) ->
 
     codepoints: K usable code points. Returns uint8 [K, per_class, image_size, image_size].
     """
+    import torch  # lazy: start-up time (only rendering needs torch; cached images do not)
+
     start = time.perf_counter()
     table = _glyph_table()[1]
     unknown = [cp for cp in codepoints if cp not in table]
@@ -319,7 +391,7 @@ def load(
             raise DatasetError(f"glyphs: option {opt!r} must be a positive integer, got {value!r}")
     if image_size < 8:
         raise DatasetError(f"glyphs: option 'image_size' must be at least 8, got {image_size}")
-    usable = usable_characters()
+    usable = usable_characters(cache_dir)
     if classes is None:
         chosen = usable
     elif isinstance(classes, (int, np.integer)) and not isinstance(classes, bool) and 1 <= classes <= len(usable):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from torchvision.datasets import EMNIST, FashionMNIST
 
 from ncbench.data.base import TEST, TRAIN, DatasetError, ImageDataset
 from ncbench.data.common import require_root, seeded_class_splits, torchvision_splits
@@ -49,6 +48,8 @@ def load_emnist(*, root: str | os.PathLike | None = None, download: bool = False
     are dropped. Per-class split: the official train = TRAIN, test = TEST. Class split: seeded
     60 / 20 / 20 % train / val / test.
     """
+    from torchvision.datasets import EMNIST  # lazy: start-up time (torchvision imports torch._dynamo)
+
     if split not in EMNIST.splits:
         raise DatasetError(f"emnist: option 'split' must be one of {', '.join(EMNIST.splits)}, got {split!r}")
 
@@ -72,5 +73,7 @@ def load_fashion_mnist(*, root: str | os.PathLike | None = None, download: bool 
     else). Per-class split: official train (6,000 / class) = TRAIN, test (1,000 / class) = TEST. Class
     split: seeded 6 / 2 / 2 train / val / test classes.
     """
+    from torchvision.datasets import FashionMNIST  # lazy: start-up time (torchvision imports torch._dynamo)
+
     return _load("fashion-mnist", FashionMNIST, "FashionMNIST", "{train,t10k}-{images-idx3,labels-idx1}-ubyte",
                  root, download, seed, transpose=False)

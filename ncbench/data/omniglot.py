@@ -9,7 +9,6 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from torchvision.datasets import Omniglot
 from tqdm.auto import tqdm
 
 from ncbench.data.base import DatasetError, ImageDataset
@@ -93,6 +92,8 @@ def load(
     size = check_size("omniglot", image_size)
     path = require_root("omniglot", root, _EXPECTED, downloadable=True, download=download)
     if download:
+        from torchvision.datasets import Omniglot  # lazy: start-up time (torchvision imports torch._dynamo)
+
         for background in (True, False):
             Omniglot(str(path), background=background, download=True)
     if path.is_file():
