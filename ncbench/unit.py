@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from ncbench import distributed
-from ncbench.checkpoint import load_checkpoint
+from ncbench.checkpoint import adopt_checkpoint, checkpoint_info, load_checkpoint
 from ncbench.data import TRAIN, ImageDataset, load_dataset
+from ncbench.data.preprocessing import preprocessing_of
 from ncbench.episodes import draw_source_classes, source_images, split_pools
 from ncbench.features import FeatureCache
 from ncbench.layerwise import LayerCurves, layer_collapse
@@ -50,6 +51,8 @@ class RunOptions:
     isolate: bool | None = None                    # run backbone code in a sandbox; None: untrusted specs only
     timeout_s: float = DEFAULT_TIMEOUT_S           # sandbox wall-clock limit per job
     memory_gb: float = DEFAULT_MEMORY_GB           # sandbox address-space limit
+    checkpoint: Path | None = None                 # evaluate this checkpoint (folder or card path) instead of
+                                                   # pretraining: its card gives the backbone (ncbench.checkpoint)
 
     def __post_init__(self) -> None:
         check_limits(self.timeout_s, self.memory_gb)
@@ -63,13 +66,25 @@ class Unit:
     backbone_options: dict[str, Any] = field(hash=False)
     source_classes: int
     seed: int
+    checkpoint_path: str | None = None     # a given checkpoint (absolute path) evaluated instead of pretraining
+    checkpoint_sha256: str | None = None   # the sha256 of the given weights (a checkpoint's weights file, or
+                                           # a module's state dict in ncbench.evaluate); None: pretrained here
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether ncbench pretrains the unit's checkpoint (False: given weights are evaluated)."""
+        return self.checkpoint_sha256 is None
 
     @property
     def config_hash(self) -> str:
-        """Hash of everything that determines the unit's numbers (not where files go, nor where it runs)."""
+        """Hash of everything that determines the unit's numbers (not where files go, nor where it runs);
+        for a given checkpoint, the sha256 of its weights instead of a pretraining run."""
         task = {k: v for k, v in self.task.raw.items() if k != "slurm"}
-        blob = json.dumps({"task": task, "backbone": self.backbone, "backbone_options": self.backbone_options,
-                           "source_classes": self.source_classes, "seed": self.seed}, sort_keys=True, default=str)
+        what = {"task": task, "backbone": self.backbone, "backbone_options": self.backbone_options,
+                "source_classes": self.source_classes, "seed": self.seed}
+        if self.checkpoint_sha256 is not None:
+            what["checkpoint_sha256"] = self.checkpoint_sha256
+        blob = json.dumps(what, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     @property
@@ -82,7 +97,16 @@ class Unit:
 
 
 def plan_units(task: Task, opts: RunOptions) -> list[Unit]:
-    """The task's grid (source-class counts × seeds), with the options' overrides applied."""
+    """The task's grid (source-class counts × seeds), with the options' overrides applied. With
+    ``opts.checkpoint`` the card gives the backbone, the model name (default: the card's ``name``, else its
+    folder's), and the default source-class count and seed when it lists them."""
+    if opts.checkpoint is not None:
+        info = checkpoint_info(opts.checkpoint)
+        counts = opts.source_classes or ([info.source_classes] if info.source_classes else task.source_classes)
+        seeds = opts.seeds or ([info.seed] if info.seed is not None else task.seeds)
+        path = str(info.path.resolve())
+        return [Unit(task, opts.model or info.name, info.backbone, info.backbone_options, s, seed, path, info.sha256)
+                for s in counts for seed in seeds]
     backbone = opts.backbone or task.backbone
     bb_options = opts.backbone_options if opts.backbone_options is not None else (
         task.backbone_options if opts.backbone is None else {})
@@ -146,14 +170,22 @@ def target_indices(data: UnitData) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- the backbone's code
+NORM_SOURCE = "source-pool train images"  # what a unit's normalisation statistics are fitted on (norm_indices)
+
+
 def pretrain_here(unit: Unit, opts: RunOptions, data: UnitData | None = None) -> Path:
-    """Pretrain (or reuse/resume) the unit's checkpoint in this process; return its folder."""
+    """Pretrain (or reuse/resume) the unit's checkpoint in this process; return its folder. A unit of a
+    given checkpoint adopts it instead (:func:`ncbench.checkpoint.adopt_checkpoint`), completing a
+    hand-written card with the task's preprocessing."""
     data = data or unit_data(unit, opts)
+    if not unit.pretrained:
+        return adopt_checkpoint(Path(unit.checkpoint_path), checkpoint_dir(unit, opts),
+                                lambda: preprocessing_of(data.dataset, norm_indices(data), source=NORM_SOURCE))
     return pretrain(unit.backbone, data.dataset, data.train_idx, data.test_idx, unit.task.pretrain_config(),
                     checkpoint_dir(unit, opts), seed=unit.seed, backbone_options=unit.backbone_options,
                     card_extra={"name": unit.checkpoint_name, "task": unit.task.name,
                                 "task_version": unit.task.version},
-                    norm_idx=norm_indices(data), norm_source="source-pool train images",
+                    norm_idx=norm_indices(data), norm_source=NORM_SOURCE,
                     tracker=CollapseTracker(unit.task.layer_eps, tuple(unit.task.metrics)))
 
 

@@ -21,7 +21,7 @@ FLOW = (
     ("results", ("ncbench.results",)),
     ("pipeline", ("ncbench.tasks", "ncbench.unit", "ncbench.sandbox", "ncbench.run", "ncbench.executor")),
     ("leaderboards", ("ncbench.leaderboard", "ncbench.compare", "ncbench.report")),
-    ("cli", ("ncbench.submit", "ncbench.cli", "ncbench.__main__")),
+    ("cli", ("ncbench.api", "ncbench.submit", "ncbench.cli", "ncbench.__main__")),
 )
 
 
