@@ -292,9 +292,6 @@ def _check_hand_written(d: dict[str, Any], where: str) -> None:
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{where}: field 'preprocessing': {e} (expected image_size [H, W], channels, "
                                   "mean and std with one value per channel)") from None
-    weights = d.get("weights", WEIGHTS_FILE)
-    if Path(weights).name != weights:
-        raise CheckpointError(f"{where}: field 'weights': must be a file name in the card's folder, got {weights!r}")
 
 
 def checkpoint_info(path: Path) -> CheckpointInfo:
@@ -310,14 +307,19 @@ def checkpoint_info(path: Path) -> CheckpointInfo:
         _check_hand_written(d, where)
         spec, options = d["backbone"], dict(d.get("backbone_options") or {})
         count, seed = len(d.get("source_classes") or []) or None, d.get("seed")
-    weights_path = card_path.parent / d.get("weights", WEIGHTS_FILE)
+    weights = d.get("weights", WEIGHTS_FILE)
+    if not isinstance(weights, str) or not weights or Path(weights).name != weights:
+        raise CheckpointError(f"{where}: field 'weights': must be a file name in the card's folder, got {weights!r}")
+    weights_path = card_path.parent / weights
     if not weights_path.is_file():
         raise CheckpointError(f"weights file {str(weights_path)!r} named by the card {where!r} not found")
     digest = sha256_file(weights_path)
     if d.get("sha256") and digest != d["sha256"]:
         raise CheckpointError(f"weights file {str(weights_path)!r} has sha256 {digest}, the card {where!r} says "
                               f"{d['sha256']}: truncated or modified")
-    name = d.get("name") if isinstance(d.get("name"), str) and d.get("name") else card_path.parent.resolve().name
+    name = d.get("name")
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        name = card_path.parent.resolve().name  # the card's name is no usable path segment (results/<task>/<model>/)
     return CheckpointInfo(card_path.parent, spec, options, digest, count, seed, name)
 
 
@@ -326,14 +328,11 @@ def adopt_checkpoint(path: Path, out_dir: Path, preprocessing: Any) -> Path:
     into ``out_dir`` as an ncbench checkpoint and return ``out_dir``. A hand-written card is completed: the
     weights' sha256, ``preprocessing`` when it gives none (a dict, or a callable returning it, called only
     then), ``in_channels`` / ``image_size`` from the preprocessing when its backbone options lack them, and
-    ``adopted_from`` = the card's path. Reuses ``out_dir`` when it already holds the same weights."""
+    ``adopted_from`` = the card's path. Adopted afresh each time (a hard link and a JSON file), so an edited
+    card is never shadowed by an earlier copy."""
     info = checkpoint_info(path)
     card_path, d = _card_dict(path)
     out_dir = Path(out_dir)
-    if (out_dir / CARD_FILE).is_file():
-        held = read_card(out_dir)
-        if held.sha256 == info.sha256 and held.extra.get("adopted_from") == str(card_path.resolve()):
-            return out_dir
     weights = d.get("weights", WEIGHTS_FILE)
     if _is_complete(d):
         card = Card.from_dict(d, source=str(card_path))

@@ -184,15 +184,16 @@ def provenance(unit: Unit, t0: float, checkpoint_sha256: str | None, episodes: d
     """Where a result came from: versions, commit, the device and number of processes that pretrained the
     checkpoint, time; ``t0`` = the unit's start."""
     return Provenance(checkpoint=unit.checkpoint_name if unit.pretrained else unit.checkpoint_path,
-                      checkpoint_sha256=checkpoint_sha256, pretrained=unit.pretrained, ncbench_version=__version__, git_commit=git_commit(), torch_version=torch.__version__,
+                      checkpoint_sha256=checkpoint_sha256, pretrained=unit.pretrained, ncbench_version=__version__,
+                      git_commit=git_commit(), torch_version=torch.__version__,
                       device=device, world_size=world_size,
                       date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       wall_time_s=round(time.perf_counter() - t0, 3), episodes=episodes)
 
 
 def failed_result(unit: Unit, err: BaseException, t0: float) -> Result:
-    return Result(Status.FAILED, unit.key(), provenance(unit, t0, unit.checkpoint_sha256, {}, distributed.device().type,
-                                                        distributed.place().world_size),
+    return Result(Status.FAILED, unit.key(), provenance(unit, t0, unit.checkpoint_sha256, {},
+                                                        distributed.device().type, distributed.place().world_size),
                   error=f"{type(err).__name__}: {err}")
 
 

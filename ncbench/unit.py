@@ -101,6 +101,8 @@ def plan_units(task: Task, opts: RunOptions) -> list[Unit]:
     ``opts.checkpoint`` the card gives the backbone, the model name (default: the card's ``name``, else its
     folder's), and the default source-class count and seed when it lists them."""
     if opts.checkpoint is not None:
+        if opts.backbone is not None or opts.backbone_options is not None:
+            raise ValueError("--backbone / --backbone-option: not with --checkpoint, whose card gives the backbone")
         info = checkpoint_info(opts.checkpoint)
         counts = opts.source_classes or ([info.source_classes] if info.source_classes else task.source_classes)
         seeds = opts.seeds or ([info.seed] if info.seed is not None else task.seeds)

@@ -231,6 +231,17 @@ def test_bad_card_is_one_line_naming_the_field(tmp_path, capfd, case):
     assert not (tmp_path / "results").exists() and not (tmp_path / "lb").exists()
 
 
+def test_checkpoint_with_a_backbone_is_refused(tmp_path, capsys):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    safetensors.torch.save_file({"w": torch.zeros(2)}, folder / "model.safetensors")
+    (folder / "card.json").write_text(json.dumps({"backbone": "conv4"}))
+    argv = ["evaluate", "glyphs-smoke", "--checkpoint", folder, "--backbone", "tiny-conv", "--source-classes", 5,
+            "--out", tmp_path / "runs", "--results", tmp_path / "results", "--leaderboards", tmp_path / "lb"]
+    assert cli(argv) == 2
+    assert "--backbone / --backbone-option: not with --checkpoint" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------ broken backbones
 BROKEN = """
 from torch import nn
