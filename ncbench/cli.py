@@ -36,7 +36,9 @@ EPILOG_EXAMPLES = {
     "list": "example: ncbench list datasets",
     "validate": "example: ncbench validate tasks/*.yaml",
     "pretrain": "example: ncbench pretrain glyphs --source-classes 20 --seed 0",
-    "evaluate": "example: ncbench evaluate glyphs --source-classes 20 --seed 0",
+    "evaluate": ("examples:\n  ncbench evaluate glyphs --source-classes 20 --seed 0\n"
+                 "  ncbench evaluate glyphs-smoke --checkpoint my-net/ --model my-net --source-classes 5\n"
+                 "  (my-net/ holds model.safetensors and card.json; the card's format: docs/api.md)"),
     "run": ("examples:\n  ncbench run glyphs --backbone resnet12 --seeds 0 1\n"
             "  ncbench run omniglot --executor slurm --partition gpu --gpus 1 --time-min 120 --no-wait\n"
             "  torchrun --nproc-per-node=4 -m ncbench run mini-imagenet --backbone resnet12"),
@@ -149,6 +151,7 @@ def _run_options(args: argparse.Namespace):
                       **_model_names(getattr(args, "model", None)), seeds=_as_list(getattr(args, "seeds", None)),
                       source_classes=_as_list(getattr(args, "source_classes", None)),
                       force=getattr(args, "force", False),
+                      checkpoint=Path(args.checkpoint) if getattr(args, "checkpoint", None) else None,
                       isolate=False if getattr(args, "trust_backbone", False) else None,
                       **{k: getattr(args, k) for k in ("timeout_s", "memory_gb") if hasattr(args, k)})
 
@@ -184,10 +187,19 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ncbench import distributed, leaderboard  # lazy: start-up time
     from ncbench.results import write_result  # lazy: start-up time
     from ncbench.run import pretrain_in_group, run_unit  # lazy: start-up time
 
     unit, opts = _single_unit(args)
+    if opts.checkpoint is not None:  # a given checkpoint: nothing to pretrain; its rows join the leaderboard
+        if distributed.place().world_size > 1:
+            raise UsageError("--checkpoint: evaluating a given checkpoint runs in one process, not under torchrun")
+        print(write_result(opts.results, run_unit(unit, opts)))
+        if not args.no_leaderboard:
+            for path in leaderboard.rebuild(opts.results, args.leaderboards, [unit.task.name]):
+                print(path)
+        return 0
     if pretrain_in_group(unit, opts):  # under torchrun: pretrain together, then rank 0 evaluates
         print(write_result(opts.results, run_unit(unit, opts)))
     return 0
@@ -386,6 +398,17 @@ def _run_parser(p: argparse.ArgumentParser) -> None:
                    help="submit and return (Slurm); merge later with `ncbench leaderboard`")
 
 
+def _evaluate_parser(p: argparse.ArgumentParser) -> None:
+    _unit_args(p, grid=False)
+    p.add_argument("--checkpoint", metavar="DIR",
+                   help="evaluate this checkpoint instead of pretraining: a folder written by ncbench, or holding a "
+                        "safetensors file and a hand-written card.json (docs/api.md); its card gives the backbone "
+                        "and, when it lists them, the default --source-classes and --seed. The rows are written "
+                        "like `run`'s, with pretrained = False, and the task's leaderboard is rebuilt")
+    p.add_argument("--no-leaderboard", action="store_true",
+                   help="with --checkpoint: do not rebuild the leaderboard afterwards")
+
+
 def _list_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("kind", choices=list(LISTS), help="what to list")
 
@@ -453,8 +476,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable[[ar
     "validate": (cmd_validate, "check task files and report every problem (file: field: message)", _validate_parser),
     "pretrain": (cmd_pretrain, "pretrain one unit (task, source-class count, seed) and print its checkpoint folder",
                  lambda p: _unit_args(p, grid=False)),
-    "evaluate": (cmd_evaluate, "evaluate one unit (pretraining it first if needed) and write its result file",
-                 lambda p: _unit_args(p, grid=False)),
+    "evaluate": (cmd_evaluate, "evaluate one unit (pretraining it first if needed, or a given --checkpoint) and "
+                               "write its result file", _evaluate_parser),
     "run": (cmd_run, "run a task's grid of units end to end, skipping finished units, then rebuild its leaderboard",
             _run_parser),
     "leaderboard": (cmd_leaderboard, "rebuild leaderboard CSVs and their ranked views (<task>.md) from the raw result files",

@@ -31,6 +31,8 @@ from ncbench.results import Provenance, Result, Status, UnitKey, iter_results
 log = logging.getLogger(__name__)
 
 KEY = ["task", "model", "source_classes", "seed", "head", "shots"]
+# columns added after leaderboards were first written, with the value every row of an older CSV has
+LATER_COLUMNS = {"pretrained": "True"}
 FLOAT_FORMAT = "%.8g"
 
 
@@ -153,6 +155,9 @@ def read(path: Path) -> pd.DataFrame:
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise ValueError(f"{path}: cannot read leaderboard CSV ({e})") from None
     kinds = columns()
+    for c, value in LATER_COLUMNS.items():
+        if c not in df.columns:  # a CSV written before the column existed
+            df[c] = value
     missing = [c for c in kinds if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing leaderboard columns {missing} (expected the columns of leaderboards/README.md)")

@@ -8,7 +8,7 @@ training curve. This module is the one place that defines that record: :class:`R
 
     {"schema": 1, "status": "ok" | "failed", "error": str | null,
      "unit": {"task", "task_version", "model", "backbone", "source_classes", "seed", "config_hash"},
-     "provenance": {"checkpoint", "checkpoint_sha256", "ncbench_version", "git_commit" (null outside git),
+     "provenance": {"checkpoint", "checkpoint_sha256", "pretrained", "ncbench_version", "git_commit" (null outside git),
                     "torch_version", "device", "world_size", "date", "wall_time_s",
                     "episodes": {"<shots>": "<episodes digest>"}},
      # a finished ("ok") unit only:
@@ -100,13 +100,16 @@ class UnitKey:
 @dataclass(frozen=True)
 class Provenance:
     """Where a result came from. ``checkpoint``: checkpoint name ``model.task-sS-seedN``;
-    ``checkpoint_sha256``: of its weights (None for a unit that failed before having one); ``git_commit``:
+    ``checkpoint_sha256``: of its weights (None for a unit that failed before having one); ``pretrained``:
+    True when ncbench pretrained the checkpoint for this unit, False when a given checkpoint was evaluated
+    (``ncbench evaluate --checkpoint``, ``ncbench.evaluate``; ``checkpoint`` is then its path); ``git_commit``:
     None outside a git checkout; ``device`` / ``world_size``: what pretrained the checkpoint (results written
     before ncbench recorded it: one process); ``date``: UTC, ISO 8601, when the unit finished;
     ``wall_time_s``: the unit's wall time; ``episodes``: shots (as a string) -> digest of its episodes."""
 
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None
+    pretrained: bool = True
     ncbench_version: str | None = None
     git_commit: str | None = None
     torch_version: str | None = None

@@ -40,7 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ncbench import __version__, distributed, sandbox
-from ncbench.checkpoint import load_classifier, read_card
+from ncbench.checkpoint import Card, load_classifier, read_card
 from ncbench.data import TRAIN
 from ncbench.episodes import sample_episodes
 from ncbench.heads import build_head, episode_accuracy, head_label
@@ -105,10 +105,20 @@ def unit_features(unit: Unit, opts: RunOptions, data: UnitData) -> UnitFeatures:
     return sandbox.unit_features(unit, opts) if isolated(unit, opts) else features_here(unit, opts, data)
 
 
-def source_scores(task: Task, data: UnitData, feats: UnitFeatures) -> dict[str, Any]:
+def unit_classifier(data: UnitData, feats: UnitFeatures, card: Card) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """The checkpoint's source classifier (weight [s, m], bias [s] or None) when its rows are the unit's
+    source classes (always, for a checkpoint pretrained by the unit); None for a given checkpoint trained on
+    other classes or without a classifier: its classifier columns (NC3, NC4, accuracy) stay empty."""
+    if card.source_classes != [data.dataset.class_names[c] for c in data.classes]:
+        return None
+    return load_classifier(feats.checkpoint, required=card.extra.get("adopted_from") is None)
+
+
+def source_scores(task: Task, data: UnitData, feats: UnitFeatures,
+                  classifier: tuple[torch.Tensor, torch.Tensor | None] | None) -> dict[str, Any]:
     """The source- and layer-scope columns of the task's metrics: collapse of the source TRAIN / TEST
-    features and the classifier's accuracy (one shared pair of passes), and the ε-effective depth."""
-    weight, bias = load_classifier(feats.checkpoint)
+    features and the ``classifier``'s accuracy (one shared pair of passes), and the ε-effective depth."""
+    weight, bias = classifier or (None, None)
     evidence = SourceEvidence(feats.train, data.source_labels(data.train_idx), feats.test,
                               data.source_labels(data.test_idx), weight=weight, bias=bias)
     source = evaluate("source", evidence, task.metrics)
@@ -150,29 +160,42 @@ def run_unit(unit: Unit, opts: RunOptions) -> Result:
     data = unit_data(unit, opts)
     feats = unit_features(unit, opts, data)
     card = read_card(feats.checkpoint)
+    return scored_result(unit, data, feats, t0, checkpoint_sha256=card.sha256, device=card.device,
+                         world_size=card.world_size, classifier=unit_classifier(data, feats, card),
+                         curve=training_curve(feats.checkpoint))
+
+
+def scored_result(unit: Unit, data: UnitData, feats: UnitFeatures, t0: float, *, checkpoint_sha256: str | None,
+                  device: str | None, world_size: int, classifier: tuple[torch.Tensor, torch.Tensor | None] | None,
+                  curve: list[dict[str, Any]]) -> Result:
+    """The (ok) result of a unit from its data and features: every metric column and episode score. A unit
+    without source classes (``data.classes`` empty: ``ncbench.evaluate`` of a module without
+    ``source_classes``) has target columns and episodes only."""
     episodes, digests = episode_scores(unit.task, data, feats)
-    return Result(Status.OK, unit.key(), provenance(unit, t0, card.sha256, digests, card.device, card.world_size),
-                  source=source_scores(unit.task, data, feats), target=target_scores(unit.task, data, feats),
+    return Result(Status.OK, unit.key(), provenance(unit, t0, checkpoint_sha256, digests, device, world_size),
+                  source=source_scores(unit.task, data, feats, classifier) if len(data.classes) else {},
+                  target=target_scores(unit.task, data, feats),
                   layers=[{k: _number(v) if k in ("ncc_error", "cdnv") else v for k, v in r.items()}
                           for r in (feats.layers.rows if feats.layers is not None else [])],
                   episodes=episodes, source_classes=[data.dataset.class_names[c] for c in data.classes],
-                  training_curve=training_curve(feats.checkpoint))
+                  training_curve=curve)
 
 
 def provenance(unit: Unit, t0: float, checkpoint_sha256: str | None, episodes: dict[str, str],
-               device: str, world_size: int) -> Provenance:
+               device: str | None, world_size: int) -> Provenance:
     """Where a result came from: versions, commit, the device and number of processes that pretrained the
     checkpoint, time; ``t0`` = the unit's start."""
-    return Provenance(checkpoint=unit.checkpoint_name, checkpoint_sha256=checkpoint_sha256,
-                      ncbench_version=__version__, git_commit=git_commit(), torch_version=torch.__version__,
+    return Provenance(checkpoint=unit.checkpoint_name if unit.pretrained else unit.checkpoint_path,
+                      checkpoint_sha256=checkpoint_sha256, pretrained=unit.pretrained, ncbench_version=__version__,
+                      git_commit=git_commit(), torch_version=torch.__version__,
                       device=device, world_size=world_size,
                       date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       wall_time_s=round(time.perf_counter() - t0, 3), episodes=episodes)
 
 
 def failed_result(unit: Unit, err: BaseException, t0: float) -> Result:
-    return Result(Status.FAILED, unit.key(), provenance(unit, t0, None, {}, distributed.device().type,
-                                                        distributed.place().world_size),
+    return Result(Status.FAILED, unit.key(), provenance(unit, t0, unit.checkpoint_sha256, {},
+                                                        distributed.device().type, distributed.place().world_size),
                   error=f"{type(err).__name__}: {err}")
 
 
@@ -208,7 +231,8 @@ def run_one(unit: Unit, opts: RunOptions) -> Status:
             return Status.OK
         result = run_unit(unit, opts)
     except Exception as e:  # a failed unit is a row with its status, never silently dropped
-        log.error("unit %s failed: %s\n%s", unit.checkpoint_name, e, traceback.format_exc())
+        log.error("unit %s failed: %s", unit.checkpoint_name, e)
+        log.debug("traceback of unit %s:\n%s", unit.checkpoint_name, traceback.format_exc())  # with --verbose
         if not where.is_main:
             raise
         result = failed_result(unit, e, t0)

@@ -63,7 +63,8 @@ def _unit_json(unit: Unit, opts: RunOptions) -> dict[str, Any]:
     return {"task": unit.task.raw, "task_path": unit.task.path, "model": unit.model, "backbone": unit.backbone,
             "backbone_options": unit.backbone_options, "source_classes": unit.source_classes, "seed": unit.seed,
             "pretrain": unit.pretrain, "config_hash": unit.config_hash, "out": str(Path(opts.out).resolve()),
-            "data_root": opts.data_root}
+            "data_root": opts.data_root, "checkpoint_path": unit.checkpoint_path,
+            "checkpoint_sha256": unit.checkpoint_sha256}
 
 
 def _run_job(job: dict[str, Any], spec: str, timeout_s: float, memory_gb: float, workdir_parent: Path,
@@ -173,7 +174,7 @@ def load_features(path: Path, checkpoint: Path) -> UnitFeatures:
 # ------------------------------------------------------------------------------------------ child side
 def _unit_from_json(d: dict[str, Any]) -> tuple[Unit, RunOptions]:
     unit = Unit(parse_task(d["task"], d["task_path"]), d["model"], d["backbone"], d["backbone_options"],
-                d["source_classes"], d["seed"], d["pretrain"])
+                d["source_classes"], d["seed"], d["pretrain"], d.get("checkpoint_path"), d.get("checkpoint_sha256"))
     if unit.config_hash != d["config_hash"]:
         raise RuntimeError(f"sandbox job: unit config hash {unit.config_hash} != {d['config_hash']} sent by the parent")
     return unit, RunOptions(out=Path(d["out"]), data_root=d["data_root"], isolate=False)
@@ -225,9 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
     try:
         JOBS[job["kind"]](job, workdir)
-    except Exception as e:  # reported to the parent as data; the traceback goes to stderr
+    except Exception as e:  # reported to the parent as data (its one-line error); the traceback with --verbose
         memory = _is_memory_error(e)
-        log.error("sandbox job %s failed: %s: %s", job["kind"], type(e).__name__, e, exc_info=not memory)
+        log.debug("sandbox job %s failed: %s: %s", job["kind"], type(e).__name__, e, exc_info=not memory)
         write_json(workdir / OUTCOME_FILE, {"ok": False, "error": f"{type(e).__name__}: {e}", "memory": memory})
         return MEMORY_EXIT if memory else 1
     write_json(workdir / OUTCOME_FILE, {"ok": True})

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from ncbench import distributed
-from ncbench.checkpoint import load_checkpoint
+from ncbench.checkpoint import adopt_checkpoint, checkpoint_info, load_checkpoint
 from ncbench.data import TRAIN, ImageDataset, load_dataset
+from ncbench.data.preprocessing import preprocessing_of
 from ncbench.episodes import draw_source_classes, source_images, split_pools
 from ncbench.features import FeatureCache
 from ncbench.layerwise import LayerCurves, layer_collapse
@@ -51,6 +52,8 @@ class RunOptions:
     isolate: bool | None = None                    # run backbone code in a sandbox; None: untrusted specs only
     timeout_s: float = DEFAULT_TIMEOUT_S           # sandbox wall-clock limit per job
     memory_gb: float = DEFAULT_MEMORY_GB           # sandbox address-space limit
+    checkpoint: Path | None = None                 # evaluate this checkpoint (folder or card path) instead of
+                                                   # pretraining: its card gives the backbone (ncbench.checkpoint)
 
     def __post_init__(self) -> None:
         check_limits(self.timeout_s, self.memory_gb)
@@ -74,14 +77,26 @@ class Unit:
     source_classes: int
     seed: int
     pretrain: dict[str, Any] = field(default_factory=dict, hash=False)  # the model's pretraining overrides
+    checkpoint_path: str | None = None     # a given checkpoint (absolute path) evaluated instead of pretraining
+    checkpoint_sha256: str | None = None   # the sha256 of the given weights (a checkpoint's weights file, or
+                                           # a module's state dict in ncbench.evaluate); None: pretrained here
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether ncbench pretrains the unit's checkpoint (False: given weights are evaluated)."""
+        return self.checkpoint_sha256 is None
 
     def _model(self) -> dict:
-        return {"backbone": self.backbone, "backbone_options": self.backbone_options, "pretrain": self.pretrain,
+        what = {"backbone": self.backbone, "backbone_options": self.backbone_options, "pretrain": self.pretrain,
                 "source_classes": self.source_classes, "seed": self.seed}
+        if self.checkpoint_sha256 is not None:  # given weights instead of a pretraining run
+            what["checkpoint_sha256"] = self.checkpoint_sha256
+        return what
 
     @property
     def config_hash(self) -> str:
-        """Hash of everything that determines the unit's numbers (not where files go, nor where it runs)."""
+        """Hash of everything that determines the unit's numbers (not where files go, nor where it runs);
+        for a given checkpoint, the sha256 of its weights instead of a pretraining run."""
         task = {k: v for k, v in self.task.raw.items() if k not in UNHASHED_FIELDS}
         return _digest({"task": task, **self._model()})
 
@@ -107,7 +122,19 @@ class Unit:
 def plan_units(task: Task, opts: RunOptions) -> list[Unit]:
     """The task's grid (models × source-class counts × seeds), with the options' overrides applied. A model
     named in the task's zoo (``models:``) takes its backbone, options and pretraining overrides from there
-    unless ``--backbone`` is given; any other name labels the given (or the task's) backbone."""
+    unless ``--backbone`` is given; any other name labels the given (or the task's) backbone. With
+    ``opts.checkpoint`` the card gives the backbone, the model name (default: the card's ``name``, else its
+    folder's), and the default source-class count and seed when it lists them."""
+    if opts.checkpoint is not None:
+        if opts.backbone is not None or opts.backbone_options is not None:
+            raise ValueError("--backbone / --backbone-option: not with --checkpoint, whose card gives the backbone")
+        info = checkpoint_info(opts.checkpoint)
+        counts = opts.source_classes or ([info.source_classes] if info.source_classes else task.source_classes)
+        seeds = opts.seeds or ([info.seed] if info.seed is not None else task.seeds)
+        path = str(info.path.resolve())
+        return [Unit(task, opts.model or info.name, info.backbone, info.backbone_options, s, seed,
+                     checkpoint_path=path, checkpoint_sha256=info.sha256)
+                for s in counts for seed in seeds]
     names = opts.models or [opts.model]
     if opts.models and opts.backbone is not None:
         raise ValueError("--model: several models take their backbones from the task's models: section; "
@@ -182,13 +209,21 @@ class UnitData:
         return source_labels(self.dataset, idx, self.classes)
 
 
-def unit_data(unit: Unit, opts: RunOptions) -> UnitData:
-    task, ds = unit.task, dataset_for(unit.task, opts.data_root)
+def task_pools(task: Task, data_root: str | None) -> tuple[ImageDataset, np.ndarray, ImageDataset, np.ndarray]:
+    """(source dataset, source pool, target dataset, target pool): the pools are sorted class indices of
+    their datasets; a cross-domain task's target pool is every class of its target dataset."""
+    ds = dataset_for(task, data_root)
     src_pool, tgt_pool = split_pools(ds, task.pools.source, task.pools.target, task.pools.source_fraction,
                                      task.pools.seed)
-    target_ds = target_dataset_for(task, opts.data_root)
+    target_ds = target_dataset_for(task, data_root)
     if task.target is not None:
         tgt_pool = np.arange(len(target_ds.class_names), dtype=np.int64)
+    return ds, src_pool, target_ds, tgt_pool
+
+
+def unit_data(unit: Unit, opts: RunOptions) -> UnitData:
+    task = unit.task
+    ds, src_pool, target_ds, tgt_pool = task_pools(task, opts.data_root)
     classes = draw_source_classes(src_pool, unit.source_classes, unit.seed)
     train_idx, test_idx = source_images(ds, classes, task.train_per_class, task.test_per_class)
     return UnitData(ds, src_pool, tgt_pool, classes, train_idx, test_idx, target_ds)
@@ -206,13 +241,21 @@ def target_indices(data: UnitData) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- the backbone's code
+NORM_SOURCE = "source-pool train images"  # what a unit's normalisation statistics are fitted on (norm_indices)
+
+
 def pretrain_here(unit: Unit, opts: RunOptions, data: UnitData | None = None) -> Path:
-    """Pretrain (or reuse/resume) the unit's checkpoint in this process; return its folder."""
+    """Pretrain (or reuse/resume) the unit's checkpoint in this process; return its folder. A unit of a
+    given checkpoint adopts it instead (:func:`ncbench.checkpoint.adopt_checkpoint`), completing a
+    hand-written card with the task's preprocessing."""
     data = data or unit_data(unit, opts)
+    if not unit.pretrained:
+        return adopt_checkpoint(Path(unit.checkpoint_path), checkpoint_dir(unit, opts),
+                                lambda: preprocessing_of(data.dataset, norm_indices(data), source=NORM_SOURCE))
     return pretrain(unit.backbone, data.dataset, data.train_idx, data.test_idx, unit.pretrain_config(),
                     checkpoint_dir(unit, opts), seed=unit.seed, backbone_options=unit.backbone_options,
                     card_extra={"name": unit.checkpoint_name, "model": unit.model},
-                    norm_idx=norm_indices(data), norm_source="source-pool train images",
+                    norm_idx=norm_indices(data), norm_source=NORM_SOURCE,
                     tracker=CollapseTracker(unit.task.layer_eps, tuple(unit.task.metrics)))
 
 

@@ -22,7 +22,7 @@ FLOW = (
     ("pipeline", ("ncbench.taskfiles", "ncbench.tasks", "ncbench.unit", "ncbench.sandbox", "ncbench.run",
                   "ncbench.executor")),
     ("leaderboards", ("ncbench.ranking", "ncbench.analysis", "ncbench.leaderboard", "ncbench.compare", "ncbench.report")),
-    ("cli", ("ncbench.submit", "ncbench.cli", "ncbench.__main__")),
+    ("cli", ("ncbench.api", "ncbench.submit", "ncbench.cli", "ncbench.__main__")),
 )
 
 

@@ -143,6 +143,7 @@ def validate_backbone(model: nn.Module, in_channels: int, image_size: int | tupl
     name = repr(spec) if spec is not None else type(model).__name__
     h, w = image_hw(image_size)
     x = torch.randn(2, in_channels, h, w, generator=torch.Generator().manual_seed(0))
+    x = x.to(next((p.device for p in model.parameters()), torch.device("cpu")))  # a module already on a GPU
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     was_training = model.training
     model.eval()
