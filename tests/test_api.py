@@ -139,7 +139,7 @@ def test_evaluate_checkpoint_written_by_ncbench(reference, tmp_path, capsys):
     df = read(csv)
     # the card gave s = 5, seed 0 and the model name; the rows say where the weights came from
     assert (df["source_classes"] == 5).all() and (df["seed"] == 0).all()
-    assert (df["model"] == "conv4.glyphs-smoke-s5-seed0").all() and (df["backbone"] == "conv4").all()
+    assert (df["model"] == "conv4.glyphs-s5-seed0").all() and (df["backbone"] == "conv4").all()
     assert (~df["pretrained"]).all() and (df["checkpoint"] == str(ckpt.resolve())).all()
     assert (df["checkpoint_sha256"] == read_card(ckpt).sha256).all()
     assert (ref["pretrained"]).all() and df["config_hash"].iloc[0] != ref["config_hash"].iloc[0]
@@ -284,7 +284,7 @@ def test_run_with_a_broken_backbone_logs_no_traceback(tiny_task_file, tmp_path, 
     caplog.set_level("DEBUG", logger="ncbench")
     assert cli(argv) == 1
     err = capfd.readouterr().err
-    assert "Traceback" not in err and "1 of 1 units failed: broken.py:Net.tiny-s4-seed0" in err
+    assert "Traceback" not in err and "1 of 1 units failed: broken.py:Net.glyphs-s4-seed0" in err
     shown = [r for r in caplog.records if r.levelno >= 20]
     errors = [r.getMessage() for r in shown if r.levelno >= 40]
     assert len(errors) == 1 and "\n" not in errors[0] and "mat1 and mat2 shapes cannot be multiplied" in errors[0]

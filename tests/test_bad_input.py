@@ -351,7 +351,7 @@ def test_run_records_a_broken_backbone_as_a_failed_row(store, capsys, monkeypatc
     before = store.snapshot()
     net = net_file(store, "return y * float('nan')")
     assert main([str(a) for a in ["run", store.task, "--backbone", net, "--model", "nan-net", *store.args]]) == 1
-    assert "1 of 1 units failed: nan-net.tiny-s4-seed0" in capsys.readouterr().err
+    assert "1 of 1 units failed: nan-net.glyphs-s4-seed0" in capsys.readouterr().err
     after = store.snapshot()
     assert {k: after[k] for k in before if k != "lb/tiny.csv"} == {k: v for k, v in before.items() if k != "lb/tiny.csv"}
     df = leaderboard.read(store.csv)
