@@ -137,6 +137,15 @@ def _run_options(args: argparse.Namespace):
                       **{k: getattr(args, k) for k in ("timeout_s", "memory_gb") if hasattr(args, k)})
 
 
+def _refuse_unisolated(units: list, opts) -> None:
+    """Exit 2 (one line) before anything runs when a unit's untrusted backbone cannot be sandboxed here."""
+    from ncbench.run import isolated  # lazy: start-up time
+    from ncbench.sandbox import require_isolation  # lazy: start-up time
+
+    for spec in sorted({u.backbone for u in units if isolated(u, opts)}):
+        require_isolation(spec)
+
+
 def _single_unit(args: argparse.Namespace):
     from ncbench.tasks import find_task  # lazy: start-up time
     from ncbench.unit import plan_units  # lazy: start-up time
@@ -146,6 +155,7 @@ def _single_unit(args: argparse.Namespace):
     units = plan_units(task, opts)
     if len(units) != 1:
         raise UsageError(f"give one --source-classes and one --seed (the task's grid has {len(units)} units)")
+    _refuse_unisolated(units, opts)
     return units[0], opts
 
 
@@ -187,8 +197,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ncbench.executor import execute  # lazy: start-up time
     from ncbench.tasks import find_task  # lazy: start-up time
 
+    from ncbench.unit import plan_units  # lazy: start-up time
+
     task = find_task(args.task)
     opts = _run_options(args)
+    _refuse_unisolated(plan_units(task, opts), opts)
     slurm = None
     if args.executor != "local":
         slurm = task.slurm.override(**{k: getattr(args, k) for k in task.slurm.fields()})
@@ -267,8 +280,8 @@ def _unit_args(p: argparse.ArgumentParser, grid: bool) -> None:
     p.add_argument("--backbone-option", action="append", metavar="KEY=VALUE", help="backbone option (repeatable)")
     p.add_argument("--model", metavar="NAME", help="leaderboard name of the model (default: the backbone)")
     p.add_argument("--trust-backbone", action="store_true",
-                   help="run a file / module / entry-point backbone's code in this process instead of a sandbox "
-                        "(needed to pretrain it with torchrun)")
+                   help="run a file / module / entry-point backbone's code in this process instead of its bubblewrap "
+                        "sandbox, unisolated (needed where bubblewrap is missing, and to pretrain it with torchrun)")
     nargs = "+" if grid else None
     p.add_argument("--source-classes", type=int, nargs=nargs, metavar="S",
                    help="source-class counts (default: the task's list)" if grid else "source-class count")
