@@ -6,7 +6,7 @@ feature extraction — runs in ``python -m ncbench.sandbox JOB.json`` inside bub
 
 * no network (``--unshare-net``: a private network namespace holding only loopback);
 * the whole file system read-only (``--ro-bind / /``), the user's home folder and ``/tmp`` hidden behind
-  empty tmpfs (only the paths the job needs — Python, ncbench, the backbone file, the task file, the data
+  empty read-only tmpfs (only the paths the job needs — Python, ncbench, the backbone file, the task file, the data
   and its cache — are bound back, read-only); the *job folder* is the only writable bind, so the child can
   never rewrite a result file, a leaderboard or another model's checkpoint;
 * its own PID, IPC and UTS namespaces (``--unshare-pid``: when the job's process ends, the kernel kills
@@ -161,6 +161,8 @@ def _bwrap_command(workdir: Path, needed: list[Path], argv: list[str]) -> list[s
     for p in sorted(binds):
         cmd += ["--ro-bind", str(p), str(p)]
     cmd += ["--bind", str(workdir), str(workdir), "--chdir", str(Path.cwd())]  # the cwd is in ``needed``
+    for h in hidden:  # the hiding tmpfs read-only too (the binds under it are mounts of their own)
+        cmd += ["--remount-ro", str(h)]
     for k, v in _sandbox_env(workdir).items():
         cmd += ["--setenv", k, v]
     return [*cmd, "--", *argv]
