@@ -171,10 +171,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ncbench.results import write_result  # lazy: start-up time
+    from ncbench.results import bind_model_name, write_result  # lazy: start-up time
     from ncbench.run import pretrain_in_group, run_unit  # lazy: start-up time
 
     unit, opts = _single_unit(args)
+    bind_model_name(opts.results, unit.key())
     if pretrain_in_group(unit, opts):  # under torchrun: pretrain together, then rank 0 evaluates
         print(write_result(opts.results, run_unit(unit, opts)))
     return 0
@@ -195,13 +196,16 @@ def _report_statuses(statuses: list, what: str) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from ncbench import distributed, leaderboard  # lazy: start-up time
     from ncbench.executor import execute  # lazy: start-up time
+    from ncbench.results import bind_model_name  # lazy: start-up time
     from ncbench.tasks import find_task  # lazy: start-up time
-
     from ncbench.unit import plan_units  # lazy: start-up time
 
     task = find_task(args.task)
     opts = _run_options(args)
-    _refuse_unisolated(plan_units(task, opts), opts)
+    units = plan_units(task, opts)
+    _refuse_unisolated(units, opts)
+    if distributed.place().is_main:
+        bind_model_name(opts.results, units[0].key(), replace=args.replace)
     slurm = None
     if args.executor != "local":
         slurm = task.slurm.override(**{k: getattr(args, k) for k in task.slurm.fields()})
@@ -213,14 +217,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"submitted {len(submitted)} of {len(statuses)} units; when their jobs end, "
               f"`ncbench leaderboard --task {task.name}` merges the results (the log names the job ids)")
     elif not args.no_leaderboard:
-        leaderboard.rebuild(opts.results, args.leaderboards, [task.name])
+        leaderboard.rebuild(opts.results, args.leaderboards, [task.name],
+                            canons={task.name: leaderboard.canon(task, opts.data_root)})
     return _report_statuses(statuses, "see the error column")
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from ncbench import leaderboard  # lazy: start-up time
+    from ncbench.tasks import find_task, task_files  # lazy: start-up time
 
-    for path in leaderboard.rebuild(args.results, args.leaderboards, args.task):
+    results = Path(args.results)
+    names = args.task or (sorted(p.name for p in results.iterdir() if p.is_dir()) if results.is_dir() else [])
+    # results of a task with a file in tasks/ are checked against it (heads, shots, episodes, config hash)
+    canons = {n: leaderboard.canon(find_task(n), args.data_root) for n in names if n in task_files()}
+    for path in leaderboard.rebuild(results, args.leaderboards, names, canons=canons,
+                                    update_manifest=args.update_manifest):
         print(path)
     return 0
 
@@ -238,7 +249,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from ncbench.submit import Submission, submit  # lazy: start-up time
 
-    sub = Submission(args.spec, args.name, _options(args.backbone_option, "--backbone-option"), args.tasks, args.smoke)
+    sub = Submission(args.spec, args.name, _options(args.backbone_option, "--backbone-option"), args.tasks, args.smoke,
+                     args.replace)
     outcome = submit(sub, _run_options(args), Path(args.leaderboards))
     if outcome.smoke_failed:
         print(f"smoke test failed for {', '.join(outcome.failed)}; errors in {outcome.results}", file=sys.stderr)
@@ -303,6 +315,8 @@ SLURM_FLAGS = (("partition", str, "Slurm partition"), ("account", str, "Slurm ac
 def _run_parser(p: argparse.ArgumentParser) -> None:
     _unit_args(p, grid=True)
     p.add_argument("--force", action="store_true", help="re-run units that already have a finished result")
+    p.add_argument("--replace", action="store_true",
+                   help="--model may hold results of another configuration: remove them (default: refuse the name)")
     p.add_argument("--no-leaderboard", action="store_true", help="do not rebuild the leaderboard afterwards")
     _limits(p)
     g = p.add_argument_group("executor", "where the units run (docs/scaling.md); Slurm options override the "
@@ -332,6 +346,10 @@ def _validate_parser(p: argparse.ArgumentParser) -> None:
 
 def _leaderboard_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", nargs="+", help="tasks to rebuild (default: every task with results)")
+    p.add_argument("--update-manifest", action="store_true",
+                   help="accept result files that differ from the leaderboard's <task>.sha256 manifest (default: "
+                        "refuse, exit 2) and write the new manifest")
+    p.add_argument("--data-root", metavar="DIR", help="root folder of a real dataset (to check episode digests)")
     _storage(p)
 
 
@@ -348,6 +366,10 @@ def _submit_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", required=True, help="leaderboard name of the submission")
     p.add_argument("--tasks", nargs="+", help="tasks to run (default: every task with a leaderboard CSV)")
     p.add_argument("--smoke", action="store_true", help="run the tiny glyphs-smoke task first and stop on failure")
+    p.add_argument("--replace", action="store_true",
+                   help="the name may hold results of another configuration: remove them (default: refuse the name)")
+    p.add_argument("--trust-backbone", action="store_true",
+                   help="run the backbone's code in this process, unisolated (needed where bubblewrap is missing)")
     p.add_argument("--backbone-option", action="append", metavar="KEY=VALUE", help="backbone option (repeatable)")
     p.add_argument("--data-root", metavar="DIR", help="root folder of a real dataset")
     _limits(p)
