@@ -21,7 +21,6 @@ checks the files against it first: a listed file whose bytes changed, or that di
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import typing
 from pathlib import Path

@@ -261,8 +261,8 @@ def _run_job(job: dict[str, Any], spec: str, timeout_s: float, memory_gb: float,
     check_limits(timeout_s, memory_gb)
     require_isolation(spec)
     Path(workdir_parent).mkdir(parents=True, exist_ok=True)
-    restore = None
-    if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+    main_thread = threading.current_thread() is threading.main_thread()  # handlers can only be set there
+    if main_thread:
         restore = signal.signal(signal.SIGTERM, _on_sigterm)
     workdir = Path(tempfile.mkdtemp(dir=workdir_parent, prefix=".sandbox-")).resolve()
     try:
@@ -301,8 +301,8 @@ def _run_job(job: dict[str, Any], spec: str, timeout_s: float, memory_gb: float,
         raise SandboxError(f"backbone {spec!r}: crashed with exit code {rc} ({job['kind']})")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-        if restore is not None:
-            signal.signal(signal.SIGTERM, restore)
+        if main_thread:  # None: a handler not set from Python; the default is the closest
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if restore is None else restore)
 
 
 def _job_checkpoint(workdir: Path, unit: Unit) -> Path:
