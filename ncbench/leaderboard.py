@@ -31,13 +31,13 @@ import pandas as pd
 from filelock import FileLock
 
 from ncbench.data import DatasetError
-from ncbench.episodes import sample_episodes, split_pools
+from ncbench.episodes import sample_episodes
 from ncbench.files import atomic_write_text, sha256_file
 from ncbench.heads import head_label
 from ncbench.metrics import columns as metric_columns
 from ncbench.results import Canon, Provenance, Result, Status, UnitKey, iter_results
 from ncbench.tasks import Task
-from ncbench.unit import Unit, dataset_for
+from ncbench.unit import RunOptions, Unit, unit_data
 
 log = logging.getLogger(__name__)
 
@@ -107,20 +107,19 @@ class ManifestError(ValueError):
 def canon(task: Task, data_root: str | None = None, episodes: bool = True) -> Canon:
     """What ``task``'s file says its results hold (:class:`ncbench.results.Canon`): heads, shots, episode
     sizes, the config hash of a unit, and (``episodes``) the digest of each shots' episodes, drawn as
-    ``ncbench run`` draws them. That loads the task's dataset (from its cache); when it cannot be loaded
-    here the digests are not checked (logged)."""
+    ``ncbench run`` draws them (``ncbench.run.episode_scores``). That loads the task's dataset (from its
+    cache); when it cannot be loaded here the digests are not checked (logged)."""
     digests = None
-    if episodes:
+    if episodes:  # the episodes depend on the task only: plan its first unit's data, as run does
+        unit = Unit(task, "canon", task.backbone, task.backbone_options, task.source_classes[0], task.seeds[0])
         try:
-            ds = dataset_for(task, data_root)
+            data = unit_data(unit, RunOptions(data_root=data_root))
         except (DatasetError, OSError) as e:
             log.warning("task %s: dataset not available here (%s); episode digests not checked", task.name, e)
         else:
-            _, target_pool = split_pools(ds, task.pools.source, task.pools.target, task.pools.source_fraction,
-                                         task.pools.seed)
             ep = task.episodes
-            digests = {str(s): sample_episodes(ds.labels, target_pool, ep.ways, s, ep.queries, ep.count, ep.seed).digest
-                       for s in ep.shots}
+            digests = {str(s): sample_episodes(data.dataset.labels, data.target_pool, ep.ways, s, ep.queries, ep.count,
+                                               ep.seed).digest for s in ep.shots}
 
     def config_hash(key: UnitKey) -> str | None:
         if key.backbone_options is None:  # written before results kept the options: cannot recompute

@@ -85,7 +85,7 @@ ENV_ALLOW = ("PATH", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "OM
 # bubblewrap's isolation, whatever the job (the file-system binds are added per job)
 BWRAP_FLAGS = ("--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
                "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv")
-HIDDEN = ("/tmp", "/var/tmp", "/dev/shm")  # hidden behind empty tmpfs, with the user's home folder
+HIDDEN = ("/tmp", "/var/tmp")  # hidden behind empty read-only tmpfs, with the user's home (--dev: a private /dev/shm)
 
 
 class SandboxError(ValueError):
