@@ -156,6 +156,15 @@ def _run_options(args: argparse.Namespace):
                       **{k: getattr(args, k) for k in ("timeout_s", "memory_gb") if hasattr(args, k)})
 
 
+def _refuse_unisolated(units: list, opts) -> None:
+    """Exit 2 (one line) before anything runs when a unit's untrusted backbone cannot be sandboxed here."""
+    from ncbench.run import isolated  # lazy: start-up time
+    from ncbench.sandbox import require_isolation  # lazy: start-up time
+
+    for spec in sorted({u.backbone for u in units if isolated(u, opts)}):
+        require_isolation(spec)
+
+
 def _task(args: argparse.Namespace):
     """The task named by ``args.task``, with its ``--set`` overrides."""
     from ncbench.tasks import find_task, with_overrides  # lazy: start-up time
@@ -172,6 +181,7 @@ def _single_unit(args: argparse.Namespace):
     units = plan_units(task, opts)
     if len(units) != 1:
         raise UsageError(f"give one --source-classes and one --seed (the task's grid has {len(units)} units)")
+    _refuse_unisolated(units, opts)
     return units[0], opts
 
 
@@ -188,10 +198,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ncbench import distributed, leaderboard  # lazy: start-up time
-    from ncbench.results import write_result  # lazy: start-up time
+    from ncbench.results import bind_model_name, write_result  # lazy: start-up time
     from ncbench.run import pretrain_in_group, run_unit  # lazy: start-up time
 
     unit, opts = _single_unit(args)
+    bind_model_name(opts.results, unit.key())
     if opts.checkpoint is not None:  # a given checkpoint: nothing to pretrain; its rows join the leaderboard
         if distributed.place().world_size > 1:
             raise UsageError("--checkpoint: evaluating a given checkpoint runs in one process, not under torchrun")
@@ -220,8 +231,16 @@ def _report_statuses(statuses: list, what: str) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from ncbench import distributed, leaderboard  # lazy: start-up time
     from ncbench.executor import execute  # lazy: start-up time
+    from ncbench.results import bind_model_name  # lazy: start-up time
+    from ncbench.unit import plan_units  # lazy: start-up time
+
     task = _task(args)
     opts = _run_options(args)
+    units = plan_units(task, opts)
+    _refuse_unisolated(units, opts)
+    if distributed.place().is_main:
+        for unit in {u.model: u for u in units}.values():  # each model name is bound to its configuration
+            bind_model_name(opts.results, unit.key(), replace=args.replace)
     slurm = None
     if args.executor != "local":
         slurm = task.slurm.override(**{k: getattr(args, k) for k in task.slurm.fields()})
@@ -233,16 +252,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"submitted {len(submitted)} of {len(statuses)} units; when their jobs end, "
               f"`ncbench leaderboard --task {task.name}` merges the results (the log names the job ids)")
     elif not args.no_leaderboard:
-        leaderboard.rebuild(opts.results, args.leaderboards, [task.name])
+        leaderboard.rebuild(opts.results, args.leaderboards, [task.name],
+                            canons={task.name: leaderboard.canon(task, opts.data_root)})
     return _report_statuses(statuses, "see the error column")
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from ncbench import leaderboard  # lazy: start-up time
+    from ncbench.tasks import find_task, task_files  # lazy: start-up time
 
     if args.readme is not None and not Path(args.readme).is_file():
         raise UsageError(f"--readme: {args.readme} is not a file")
-    for path in leaderboard.rebuild(args.results, args.leaderboards, args.task,
+    results = Path(args.results)
+    names = args.task or (sorted(p.name for p in results.iterdir() if p.is_dir()) if results.is_dir() else [])
+    # results of a task with a file in tasks/ are checked against it (heads, shots, episodes, config hash)
+    canons = {n: leaderboard.canon(find_task(n), args.data_root) for n in names if n in task_files()}
+    for path in leaderboard.rebuild(results, args.leaderboards, names, canons=canons,
+                                    update_manifest=args.update_manifest,
                                     readme=Path(args.readme) if args.readme else None):
         print(path)
     return 0
@@ -292,7 +318,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from ncbench.submit import Submission, submit  # lazy: start-up time
 
-    sub = Submission(args.spec, args.name, _options(args.backbone_option, "--backbone-option"), args.tasks, args.smoke)
+    sub = Submission(args.spec, args.name, _options(args.backbone_option, "--backbone-option"), args.tasks, args.smoke,
+                     args.replace)
     outcome = submit(sub, _run_options(args), Path(args.leaderboards))
     if outcome.smoke_failed:
         print(f"smoke test failed for {', '.join(outcome.failed)}; errors in {outcome.results}", file=sys.stderr)
@@ -353,8 +380,8 @@ def _unit_args(p: argparse.ArgumentParser, grid: bool) -> None:
                         "from there; several may be given" + (")" if grid else " to run)") +
                         ", or the leaderboard name of --backbone (default: the task's backbone)")
     p.add_argument("--trust-backbone", action="store_true",
-                   help="run a file / module / entry-point backbone's code in this process instead of a sandbox "
-                        "(needed to pretrain it with torchrun)")
+                   help="run a file / module / entry-point backbone's code in this process instead of its bubblewrap "
+                        "sandbox, unisolated (needed where bubblewrap is missing, and to pretrain it with torchrun)")
     nargs = "+" if grid else None
     p.add_argument("--source-classes", type=int, nargs=nargs, metavar="S",
                    help="source-class counts (default: the task's list)" if grid
@@ -382,6 +409,8 @@ SLURM_FLAGS = (("partition", str, "Slurm partition"), ("account", str, "Slurm ac
 def _run_parser(p: argparse.ArgumentParser) -> None:
     _unit_args(p, grid=True)
     p.add_argument("--force", action="store_true", help="re-run units that already have a finished result")
+    p.add_argument("--replace", action="store_true",
+                   help="--model may hold results of another configuration: remove them (default: refuse the name)")
     p.add_argument("--no-leaderboard", action="store_true", help="do not rebuild the leaderboard afterwards")
     _limits(p)
     g = p.add_argument_group("executor", "where the units run (docs/scaling.md); Slurm options override the "
@@ -425,6 +454,10 @@ def _leaderboard_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", nargs="+", help="tasks to rebuild (default: every task with results)")
     p.add_argument("--readme", metavar="FILE",
                    help="also refresh the ranked tables between `<!-- ranked-view TASK ... -->` markers in FILE")
+    p.add_argument("--update-manifest", action="store_true",
+                   help="accept result files that differ from the leaderboard's <task>.sha256 manifest (default: "
+                        "refuse, exit 2) and write the new manifest")
+    p.add_argument("--data-root", metavar="DIR", help="root folder of a real dataset (to check episode digests)")
     _storage(p)
 
 
@@ -450,6 +483,10 @@ def _submit_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", nargs="+", metavar="TASK",
                    help="tasks to run (default: every task with a leaderboard CSV)")
     p.add_argument("--smoke", action="store_true", help="run the tiny glyphs-smoke task first and stop on failure")
+    p.add_argument("--replace", action="store_true",
+                   help="the name may hold results of another configuration: remove them (default: refuse the name)")
+    p.add_argument("--trust-backbone", action="store_true",
+                   help="run the backbone's code in this process, unisolated (needed where bubblewrap is missing)")
     p.add_argument("--backbone-option", action="append", metavar="KEY=VALUE", help="backbone option (repeatable)")
     p.add_argument("--data-root", metavar="DIR", help="root folder of a real dataset")
     _limits(p)

@@ -8,6 +8,14 @@ rebuilds cannot tear it, and none can overwrite a newer rebuild with rows read b
 writes its result file before rebuilding, so the last rebuild to take the lock holds every row.
 Columns: :func:`columns` (the metric columns come from the metric registry); their meanings:
 ``leaderboards/README.md``, checked against :func:`columns` by the tests.
+
+Integrity: every result file is validated (``ncbench.results.validate_record``; against the task file's
+:func:`canon` when the task is known) and a bad one is reported by name and left out, never crashing the
+build. Beside each CSV, ``<task>.sha256`` lists the sha256 of every result file the CSV was built from
+(``sha256sum`` format: ``<sha256>  <path relative to the results folder>``, sorted by path). A rebuild
+checks the files against it first: a listed file whose bytes changed, or that disappeared, is reported
+(:class:`ManifestError`, exit 2 from ``ncbench leaderboard``) unless ``update_manifest`` is given
+(``--update-manifest``); files not listed yet are new results and are simply added.
 """
 
 from __future__ import annotations
@@ -24,9 +32,14 @@ from filelock import FileLock
 
 from ncbench import ranking
 from ncbench.analysis import write_analysis
-from ncbench.files import atomic_write_text
+from ncbench.data import DatasetError
+from ncbench.episodes import sample_episodes
+from ncbench.files import atomic_write_text, sha256_file
+from ncbench.heads import head_label
 from ncbench.metrics import columns as metric_columns
-from ncbench.results import Provenance, Result, Status, UnitKey, iter_results
+from ncbench.results import Canon, Provenance, Result, Status, UnitKey, iter_results
+from ncbench.tasks import Task
+from ncbench.unit import RunOptions, Unit, unit_data
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +101,55 @@ def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return df.sort_values(KEY, na_position="first", kind="mergesort").reset_index(drop=True)
 
 
-def build(results_dir: Path, task: str) -> pd.DataFrame:
-    """The leaderboard of ``task`` from every valid result file under ``results_dir/task``."""
-    rows = []
-    for path, rec in iter_results(results_dir, task):
+MANIFEST_SUFFIX = ".sha256"
+
+
+class ManifestError(ValueError):
+    """Result files differ from the manifest a leaderboard was built from; names them."""
+
+
+def canon(task: Task, data_root: str | None = None, episodes: bool = True) -> Canon:
+    """What ``task``'s file says its results hold (:class:`ncbench.results.Canon`): heads, shots, episode
+    sizes, the config hash of a unit, and (``episodes``) the digest of each shots' episodes, drawn as
+    ``ncbench run`` draws them (``ncbench.run.episode_scores``). That loads the task's dataset (from its
+    cache); when it cannot be loaded here the digests are not checked (logged)."""
+    digests = None
+    if episodes:  # the episodes depend on the task only: plan its first unit's data, as run does
+        unit = Unit(task, "canon", task.backbone, task.backbone_options, task.source_classes[0], task.seeds[0])
+        try:
+            data = unit_data(unit, RunOptions(data_root=data_root))
+        except (DatasetError, OSError) as e:
+            log.warning("task %s: dataset not available here (%s); episode digests not checked", task.name, e)
+        else:
+            ep = task.episodes
+            digests = {str(s): sample_episodes(data.target_dataset.labels, data.target_pool, ep.ways, s, ep.queries,
+                                               ep.count, ep.seed).digest for s in ep.shots}
+
+    def config_hash(key: UnitKey) -> str | None:
+        zoo = task.models.get(key.model)
+        if zoo is not None and zoo.backbone == key.backbone:  # a zoo model: its spec is in the task file
+            return Unit(task, key.model, zoo.backbone, zoo.backbone_options, key.source_classes, key.seed,
+                        zoo.pretrain).config_hash
+        if key.backbone_options is None:  # written before results kept the options: cannot recompute
+            return None
+        return Unit(task, key.model, key.backbone, key.backbone_options, key.source_classes, key.seed,
+                    key.pretrain or {}).config_hash
+
+    ep = task.episodes
+    return Canon(task.name, task.version, tuple(head_label(h) for h in task.heads), tuple(ep.shots), ep.ways,
+                 ep.queries, ep.count, digests, config_hash)
+
+
+def build(results_dir: Path, task: str, canon: Canon | None = None) -> pd.DataFrame:
+    """The leaderboard of ``task`` from every valid result file under ``results_dir/task`` (checked against
+    the task file's ``canon`` when given); invalid files are logged by name and left out."""
+    return _build(results_dir, task, canon)[0]
+
+
+def _build(results_dir: Path, task: str, canon: Canon | None) -> tuple[pd.DataFrame, list[Path]]:
+    rows, used = [], []
+    for path, rec in iter_results(results_dir, task, canon):
+        used.append(path)
         try:
             rel = str(path.relative_to(results_dir))
         except ValueError:
@@ -105,7 +163,7 @@ def build(results_dir: Path, task: str) -> pd.DataFrame:
         log.warning("%d leaderboard rows share a key; keeping the newest result of each", int(dup.sum()))
         df = df.sort_values("date").drop_duplicates(KEY, keep="last")
         df = df.sort_values(KEY, na_position="first", kind="mergesort").reset_index(drop=True)
-    return df
+    return df, used
 
 
 def to_csv_text(df: pd.DataFrame) -> str:
@@ -120,11 +178,55 @@ def lock(path: Path) -> FileLock:
     return FileLock(str(path) + ".lock")
 
 
+def manifest_path(leaderboards_dir: Path, task: str) -> Path:
+    return Path(leaderboards_dir) / f"{task}{MANIFEST_SUFFIX}"
+
+
+def manifest_text(results_dir: Path, files: list[Path]) -> str:
+    """``<sha256>  <path relative to results_dir>`` per file, sorted by path (``sha256sum -c`` reads it from
+    the results folder)."""
+    rel = sorted(Path(f).relative_to(results_dir).as_posix() for f in files)
+    return "".join(f"{sha256_file(Path(results_dir) / r)}  {r}\n" for r in rel)
+
+
+def read_manifest(path: Path) -> dict[str, str]:
+    """A manifest as {relative path: sha256}; ManifestError naming the file and line when malformed."""
+    out = {}
+    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+        digest, sep, rel = line.partition("  ")
+        if not sep or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest) or not rel:
+            raise ManifestError(f"{path}: line {i}: expected '<sha256>  <relative path>', got {line[:100]!r}")
+        out[rel] = digest
+    return out
+
+
+def check_manifest(results_dir: Path, leaderboards_dir: Path, task: str) -> list[str]:
+    """Problems of the task's result files against its manifest: a listed file changed or missing (one
+    line each); empty when they match or there is no manifest yet."""
+    path = manifest_path(leaderboards_dir, task)
+    if not path.is_file():
+        return []
+    problems = []
+    for rel, digest in sorted(read_manifest(path).items()):
+        f = Path(results_dir) / rel
+        if not f.is_file():
+            problems.append(f"{rel}: listed in {path} but missing")
+        elif sha256_file(f) != digest:
+            problems.append(f"{rel}: sha256 differs from {path}")
+    return problems
+
+
 def rebuild(results_dir: Path, leaderboards_dir: Path, tasks: list[str] | None = None, *,
+            canons: dict[str, Canon] | None = None, update_manifest: bool = True,
             readme: Path | None = None) -> list[Path]:
-    """Rebuild ``leaderboards_dir/<task>.csv``, its ranked view ``<task>.md`` (:mod:`ncbench.ranking`,
-    derived from the CSV as written) and its ``<task>-analysis.csv`` (:mod:`ncbench.analysis`) for the given
-    tasks (default: every task with results); returns the CSV paths. ``readme``: a README whose marked ranked-view blocks of these tasks are refreshed too."""
+    """Rebuild ``leaderboards_dir/<task>.csv``, its manifest, its ranked view ``<task>.md``
+    (:mod:`ncbench.ranking`, derived from the CSV as written) and its ``<task>-analysis.csv``
+    (:mod:`ncbench.analysis`) for the given tasks (default: every task with results), checking each task's
+    results against ``canons[task]`` when given; returns the CSV paths. ``readme``: a README whose marked
+    ranked-view blocks of these tasks are refreshed too. Result files that differ
+    from the existing manifest are reported: logged when ``update_manifest`` (the writers, ``run`` and
+    ``submit``, rewrite results they ran), raised as :class:`ManifestError` otherwise (``ncbench leaderboard``
+    without ``--update-manifest``), before anything is written."""
     results_dir = Path(results_dir)
     if tasks is None:
         tasks = sorted(p.name for p in results_dir.iterdir() if p.is_dir()) if results_dir.is_dir() else []
@@ -132,8 +234,17 @@ def rebuild(results_dir: Path, leaderboards_dir: Path, tasks: list[str] | None =
     for task in tasks:
         path = Path(leaderboards_dir) / f"{task}.csv"
         with lock(path):  # read and write under one lock: a rebuild that read fewer files cannot write last
-            df = build(results_dir, task)
+            problems = check_manifest(results_dir, leaderboards_dir, task)
+            if problems and not update_manifest:
+                raise ManifestError(f"{len(problems)} result files of task {task!r} differ from the manifest "
+                                    f"{manifest_path(leaderboards_dir, task)}: {problems[0]}"
+                                    + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+                                    + "; check them, then rebuild with --update-manifest to accept them")
+            for p in problems:
+                log.warning("result file %s (manifest updated)", p)
+            df, used = _build(results_dir, task, (canons or {}).get(task))
             atomic_write_text(path, to_csv_text(df))
+            atomic_write_text(manifest_path(leaderboards_dir, task), manifest_text(results_dir, used))
             board = read(path)  # both derived views read the CSV as written
             view = ranking.ranked_view(board, task)
             ranking.write_markdown(view, path.with_suffix(".md"))

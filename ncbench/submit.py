@@ -20,10 +20,10 @@ from typing import Any
 from ncbench import leaderboard, sandbox
 from ncbench.analysis import is_analysis_file
 from ncbench.backbones import build_backbone
-from ncbench.results import Status
+from ncbench.results import Status, bind_model_name
 from ncbench.run import run_task
 from ncbench.tasks import find_task
-from ncbench.unit import RunOptions
+from ncbench.unit import RunOptions, plan_units
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +38,15 @@ class SubmitError(ValueError):
 class Submission:
     """What is submitted: the backbone ``spec`` (registered name, ``module:callable`` or ``file.py[:callable]``)
     with its ``backbone_options``, under the leaderboard name ``name``, on ``tasks`` (default: every task
-    with a leaderboard CSV), after the ``glyphs-smoke`` task when ``smoke``."""
+    with a leaderboard CSV), after the ``glyphs-smoke`` task when ``smoke``. ``replace``: the name may hold
+    results of another configuration, which are removed (otherwise such a name is refused)."""
 
     spec: str
     name: str
     backbone_options: dict[str, Any] = field(default_factory=dict)
     tasks: list[str] | None = None
     smoke: bool = False
+    replace: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ def check_name(name: str, spec: str, leaderboards_dir: Path, tasks: list[str]) -
 def validate(spec: str, options: dict[str, Any], opts: RunOptions) -> None:
     """Build ``spec`` and check it on a dummy batch (in its sandbox process when untrusted); raises
     BackboneError naming the spec."""
-    if sandbox.is_trusted(spec):
+    if sandbox.is_trusted(spec) or opts.isolate is False:  # registered, or --trust-backbone
         build_backbone(spec, **options)
     else:
         sandbox.check_backbone(spec, options, workdir_parent=Path(opts.out), timeout_s=opts.timeout_s,
@@ -101,6 +103,8 @@ def submit(sub: Submission, opts: RunOptions, leaderboards_dir: Path) -> SubmitO
     tasks = [find_task(n) for n in names]
     check_name(sub.name, sub.spec, leaderboards_dir, [t.name for t in tasks])
     opts = dataclasses.replace(opts, backbone=sub.spec, backbone_options=sub.backbone_options, model=sub.name)
+    for task in tasks:  # a name stands for one configuration (model hash), checked before anything runs
+        bind_model_name(opts.results, plan_units(task, opts)[0].key(), replace=sub.replace)
     if sub.smoke:
         scratch = Path(opts.out) / "smoke"
         smoke = dataclasses.replace(opts, out=scratch, results=scratch / "results")
@@ -109,5 +113,6 @@ def submit(sub: Submission, opts: RunOptions, leaderboards_dir: Path) -> SubmitO
             return SubmitOutcome(failed, True, [], smoke.results)
         log.info("smoke test passed")
     failed = [name for task in tasks for name in _failed_units(run_task(task, opts))]
-    written = leaderboard.rebuild(opts.results, leaderboards_dir, [t.name for t in tasks])
+    written = leaderboard.rebuild(opts.results, leaderboards_dir, [t.name for t in tasks],
+                                  canons={t.name: leaderboard.canon(t, opts.data_root) for t in tasks})
     return SubmitOutcome(failed, False, written, Path(opts.results))

@@ -107,6 +107,18 @@ class Unit:
         return _digest({"task": {k: self.task.raw.get(k) for k in PRETRAIN_FIELDS}, **self._model()})
 
     @property
+    def model_config(self) -> dict[str, Any]:
+        """The model's configuration, which its leaderboard name is bound to: backbone spec, options and
+        pretraining overrides (the same under every task, source-class count and seed)."""
+        return {"backbone": self.backbone, "backbone_options": self.backbone_options, "pretrain": self.pretrain}
+
+    @property
+    def model_hash(self) -> str:
+        """Hash of :attr:`model_config`: a model name stands for one configuration (``ncbench.submit``)."""
+        blob = json.dumps(self.model_config, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    @property
     def checkpoint_name(self) -> str:
         return f"{self.model}.{self.task.dataset}-s{self.source_classes}-seed{self.seed}"
 
@@ -116,7 +128,8 @@ class Unit:
 
     def key(self) -> UnitKey:
         return UnitKey(task=self.task.name, task_version=self.task.version, model=self.model, backbone=self.backbone,
-                       source_classes=self.source_classes, seed=self.seed, config_hash=self.config_hash)
+                       source_classes=self.source_classes, seed=self.seed, config_hash=self.config_hash,
+                       model_hash=self.model_hash, backbone_options=self.backbone_options, pretrain=self.pretrain)
 
 
 def plan_units(task: Task, opts: RunOptions) -> list[Unit]:
@@ -254,7 +267,7 @@ def pretrain_here(unit: Unit, opts: RunOptions, data: UnitData | None = None) ->
                                 lambda: preprocessing_of(data.dataset, norm_indices(data), source=NORM_SOURCE))
     return pretrain(unit.backbone, data.dataset, data.train_idx, data.test_idx, unit.pretrain_config(),
                     checkpoint_dir(unit, opts), seed=unit.seed, backbone_options=unit.backbone_options,
-                    card_extra={"name": unit.checkpoint_name, "model": unit.model},
+                    card_extra={"name": unit.checkpoint_name, "model": unit.model, "model_hash": unit.model_hash},
                     norm_idx=norm_indices(data), norm_source=NORM_SOURCE,
                     tracker=CollapseTracker(unit.task.layer_eps, tuple(unit.task.metrics)))
 

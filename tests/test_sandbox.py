@@ -4,6 +4,8 @@ sandboxed numbers equal in-process ones; weights and features are read as safete
 import hashlib
 import json
 import pickle
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -13,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ncbench import leaderboard
+from ncbench import leaderboard, sandbox
+from ncbench.backbones import BackboneError
 from ncbench.checkpoint import CheckpointError, load_checkpoint, read_card, read_weights
 from ncbench.cli import main
 from ncbench.layerwise import LayerCurves
@@ -22,6 +25,10 @@ from ncbench.run import run_task
 from ncbench.unit import RunOptions, UnitFeatures
 from ncbench.sandbox import SandboxError, load_features, save_features
 from ncbench.tasks import load_task
+
+needs_bwrap = pytest.mark.skipif(sandbox.bwrap_problem() is not None, reason=f"{sandbox.bwrap_problem()}")
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+
 
 NET = """
     import torch.nn as nn
@@ -78,16 +85,18 @@ def rows(results):
 
 
 @pytest.mark.slow
+@needs_bwrap
 def test_crash_exit_memory_and_hang_fail_their_own_rows(small_task, tmp_path):
     spec = write_net(tmp_path / "misbehaving.py", MISBEHAVING)
-    opts = RunOptions(out=tmp_path / "runs", results=tmp_path / "results", backbone=spec, memory_gb=8, timeout_s=30)
+    # the timeout leaves room for a loaded 2-core machine: each sandbox job imports torch in a fresh process
+    opts = RunOptions(out=tmp_path / "runs", results=tmp_path / "results", backbone=spec, memory_gb=8, timeout_s=180)
     statuses = run_task(small_task([1000, 1001, 1002, 1003, 1004]), opts)
     assert [st for _, st in statuses] == ["failed"] * 4 + ["ok"]
     rec = rows(opts.results)
     assert "crashed with signal SIGSEGV" in rec[1000].error
     assert "crashed with exit code 7" in rec[1001].error
     assert "memory limit 8 GB exceeded" in rec[1002].error and "can't allocate memory" in rec[1002].error
-    assert "timeout after 30 s" in rec[1003].error
+    assert "timeout after 180 s" in rec[1003].error
     assert all(spec in rec[s].error for s in range(1000, 1004))
     assert rec[1004].target["ncc_acc"] > 0 and len(rec[1004].episodes) == 6
     assert not list((tmp_path / "runs").glob(".sandbox-*"))  # job folders are removed
@@ -104,31 +113,66 @@ def _alive(pid):
         return False
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
-def test_killed_harness_takes_its_sandbox_child_down(tiny_task_file, tmp_path):
-    pidfile = tmp_path / "child.pid"
+def _processes_with(token):
+    """Live processes (host PIDs) whose command line holds ``token``: the sandbox's own PID namespace hides
+    its PIDs from the code inside, so tests find its processes by a token in their command line."""
+    found = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and token.encode() in (d / "cmdline").read_bytes() and _alive(int(d.name)):
+                found.append(int(d.name))
+        except OSError:
+            pass
+    return found
+
+
+def _wait_for(predicate, seconds=300):
+    deadline = time.monotonic() + seconds
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return predicate()
+
+
+def sleeper(token):
+    """Backbone code that starts a detached ``setsid`` sleeper carrying ``token`` in its command line."""
+    return (f"subprocess.Popen(['setsid', sys.executable, '-c', 'import time; time.sleep(3600)', {token!r}], "
+            "stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)")
+
+
+def _hanging_run(tmp_path, tiny_task_file, token):
     spec = write_net(tmp_path / "hang.py", f"""
+        import subprocess, sys
         def backbone(in_channels=1, image_size=16):
-            open({str(pidfile)!r}, "w").write(str(os.getpid()))
+            {sleeper(token)}
             time.sleep(3600)
     """)
     cmd = [sys.executable, "-m", "ncbench", "run", str(tiny_task_file(source_classes=[4])), "--backbone", spec,
            "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--leaderboards", str(tmp_path / "lb")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    child = int(pidfile.read_text())
-    assert _alive(child)
-    proc.kill()
-    proc.wait()
-    while _alive(child) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(child)  # the kernel killed the orphan (PR_SET_PDEATHSIG)
+    assert _wait_for(lambda: _processes_with(token)), "the sandboxed backbone never started its sleeper"
+    return proc
+
+
+@pytest.mark.slow
+@needs_bwrap
+@needs_proc
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_stopped_harness_takes_its_sandbox_down(how, tiny_task_file, tmp_path):
+    """SIGKILL: the kernel kills the sandbox with its parent (--die-with-parent, PID namespace); SIGTERM:
+    the harness also removes the job folder."""
+    token = f"ncbench-test-{how}-{time.time_ns()}"
+    proc = _hanging_run(tmp_path, tiny_task_file, token)
+    assert list((tmp_path / "runs").glob(".sandbox-*"))
+    proc.send_signal(getattr(signal, how))
+    rc = proc.wait(timeout=120)
+    assert _wait_for(lambda: not _processes_with(token), 60), "a sandboxed process outlived the harness"
     assert not (tmp_path / "results").exists()
+    if how == "SIGTERM":
+        assert rc == 128 + signal.SIGTERM
+        assert not list((tmp_path / "runs").glob(".sandbox-*"))  # job folder cleaned
 
 
+@needs_bwrap
 def test_sandboxed_numbers_equal_in_process(small_task, tmp_path, capsys):
     spec = write_net(tmp_path / "good.py", GOOD)
     task = small_task([0])
@@ -157,6 +201,7 @@ def test_sandboxed_numbers_equal_in_process(small_task, tmp_path, capsys):
     assert imported == {"sandbox": False, "in-process": True}
 
 
+@needs_bwrap
 def test_submit_validates_untrusted_backbone_in_sandbox(tmp_path, tiny_task_file, capsys):
     crash = tmp_path / "crash.py"
     crash.write_text("import os\ndef backbone(**kw):\n    os._exit(9)\n")
@@ -232,3 +277,119 @@ def test_features_file_round_trip_and_validation(tmp_path):
     save_features(tmp_path / "forged.safetensors", forged)
     with pytest.raises(SandboxError, match="layer_curves metadata is malformed"):
         load_features(tmp_path / "forged.safetensors", tmp_path)
+
+ESCAPES = """
+    import json, socket, subprocess, sys
+    from pathlib import Path
+
+    def attempt(what, fn):
+        try:
+            return {what: "done: " + str(fn())}
+        except Exception as e:
+            return {what: f"refused: {type(e).__name__}: {e}"}
+
+    def backbone(in_channels=1, image_size=16):
+        __SLEEPER__
+        tries = {}
+        tries.update(attempt("rewrite result", lambda: Path(__VICTIM__).write_text("{}")))
+        tries.update(attempt("new result", lambda: (Path(__VICTIM__).parent / "forged.json").write_text("{}")))
+        tries.update(attempt("checkpoint", lambda: (Path(__RUNS__) / "checkpoints" / "x").mkdir(parents=True)))
+        tries.update(attempt("project", lambda: Path(__PROJECT__, "forged.txt").write_text("x")))
+        tries.update(attempt("home secret", lambda: Path(__HOME_SECRET__).read_text()))
+        tries.update(attempt("network", lambda: socket.create_connection(("127.0.0.1", __PORT__), timeout=5)))
+        tries.update(attempt("job folder", lambda: (Path.home() / "mine.txt").write_text("ok")))
+        tries["environ"] = sorted(os.environ)
+        raise RuntimeError("REPORT" + json.dumps(tries) + "REPORT")
+"""
+
+
+@needs_bwrap
+@needs_proc
+def test_sandbox_escapes_fail(tmp_path, monkeypatch):
+    """One sandboxed backbone tries every escape: writing result files, checkpoints or the project, reading
+    the user's home, the network, leaving a setsid process behind, reading our environment."""
+    token, secret = f"ncbench-test-escape-{time.time_ns()}", "tok-8c1f5e0a7d-SECRET"
+    monkeypatch.setenv("MY_SECRET_TOKEN", secret)
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_rsa").write_text(secret)
+    monkeypatch.setenv("HOME", str(home))
+    victim = tmp_path / "results" / "tiny" / "other-model" / "s4-seed0-abc.json"
+    victim.parent.mkdir(parents=True)
+    victim.write_text('{"other": "model"}')
+    (tmp_path / "runs" / "checkpoints").mkdir(parents=True)
+    server = socket.create_server(("127.0.0.1", 0))
+    code = (ESCAPES.replace("__SLEEPER__", sleeper(token)).replace("__VICTIM__", repr(str(victim)))
+            .replace("__RUNS__", repr(str(tmp_path / "runs"))).replace("__PROJECT__", repr(str(Path.cwd())))
+            .replace("__HOME_SECRET__", repr(str(home / ".ssh" / "id_rsa"))).replace("__PORT__", str(server.getsockname()[1])))
+    (tmp_path / "submission").mkdir()
+    spec = write_net(tmp_path / "submission" / "escape.py", code)
+    with server, pytest.raises(BackboneError) as err:
+        sandbox.check_backbone(spec, {}, workdir_parent=tmp_path / "runs", timeout_s=600)
+    message = str(err.value)
+    tries = json.loads(message.split("REPORT")[1])
+    # the project is read-only; /tmp (where these folders are) and the home folder are hidden (empty,
+    # read-only tmpfs)
+    assert "Read-only file system" in tries["project"] and "Read-only file system" in tries["checkpoint"]
+    for what in ("rewrite result", "new result", "home secret"):
+        assert tries[what].startswith(("refused: OSError", "refused: FileNotFoundError")), tries[what]
+    # our server listens on 127.0.0.1, but the sandbox has a loopback of its own
+    assert tries["network"].startswith(("refused: ConnectionRefusedError", "refused: OSError")), tries["network"]
+    assert tries["job folder"] == "done: 2"  # HOME is the job folder, the one writable place
+    assert "MY_SECRET_TOKEN" not in tries["environ"] and set(tries["environ"]) <= {
+        *sandbox.ENV_ALLOW, "HOME", "TMPDIR", "PYTHONPATH", "NCBENCH_CACHE", "NCBENCH_THREADS", "PWD",
+        "PYTHONDONTWRITEBYTECODE", "MPLCONFIGDIR", "TORCHINDUCTOR_CACHE_DIR", "KMP_DUPLICATE_LIB_OK",
+        "KMP_INIT_AT_FORK"}
+    assert secret not in message
+    assert victim.read_text() == '{"other": "model"}' and sorted(victim.parent.iterdir()) == [victim]
+    assert list((tmp_path / "runs" / "checkpoints").iterdir()) == []
+    assert not (Path.cwd() / "forged.txt").exists()
+    assert not list((tmp_path / "runs").glob(".sandbox-*"))  # job folder removed
+    assert _processes_with(token) == []  # the setsid sleeper died with the sandbox's PID namespace
+
+
+def test_error_texts_are_redacted_and_cut(monkeypatch):
+    monkeypatch.setenv("MY_SECRET_TOKEN", "s3cr3t-value-42")
+    monkeypatch.setenv("SHORT", "ab")  # too short to be a secret: left alone
+    text = sandbox.clean_error("token s3cr3t-value-42 in ab " + "x" * 5000)
+    assert "s3cr3t-value-42" not in text and text.startswith("token [redacted] in ab ")
+    assert len(text) < sandbox.MAX_ERROR_CHARS + 50 and text.endswith("more characters cut]")
+    assert str(Path.home()) in sandbox.clean_error(f"file {Path.home()}/x")  # paths are not secrets
+
+
+@needs_bwrap
+def test_secret_never_reaches_results_or_leaderboard(tmp_path, tiny_task_file, monkeypatch, capsys):
+    """A failing submission prints what it can find of our environment, and echoes a value it learnt
+    elsewhere: neither the result file, the CSV nor the command's output holds the secret."""
+    secret = "tok-5b7e9d1c3a-SECRET"
+    monkeypatch.setenv("MY_SECRET_TOKEN", secret)
+    spec = write_net(tmp_path / "leak.py", f"""
+        def backbone(in_channels=1, image_size=16):
+            raise RuntimeError("env " + repr(dict(os.environ)) + " leaked {secret} " + "y" * 10000)
+    """)
+    task = tiny_task_file(source_classes=[4], seeds=[0])
+    rc = main(["run", str(task), "--backbone", spec, "--out", str(tmp_path / "runs"), "--results",
+               str(tmp_path / "results"), "--leaderboards", str(tmp_path / "lb")])
+    out = capsys.readouterr()
+    assert rc == 1
+    (result,) = (tmp_path / "results").rglob("*.json")
+    error = json.loads(result.read_text())["error"]
+    assert "[redacted]" in error and "more characters cut]" in error and len(error) < 2200
+    for path in [result, *(tmp_path / "lb").glob("*.csv")]:
+        assert secret not in path.read_text() and "MY_SECRET_TOKEN" not in path.read_text()
+    assert secret not in out.out + out.err
+
+
+def test_untrusted_code_refused_without_bubblewrap(tmp_path, tiny_task_file, monkeypatch, capsys):
+    monkeypatch.setattr(sandbox, "_bwrap", lambda: (None, "bubblewrap (bwrap) is not installed"))
+    spec = write_net(tmp_path / "good.py", GOOD)
+    task = str(tiny_task_file(source_classes=[4], seeds=[0]))
+    store = ["--out", str(tmp_path / "runs"), "--results", str(tmp_path / "r"), "--leaderboards", str(tmp_path / "lb")]
+    for argv in (["run", task, "--backbone", spec], ["pretrain", task, "--backbone", spec, "--source-classes", "4",
+                                                      "--seed", "0"],
+                 ["submit", spec, "--name", "good", "--tasks", task]):
+        assert main([*argv, *store]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "bubblewrap (bwrap) is not installed: refusing to run it" in err
+        assert "--trust-backbone" in err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "lb").exists()
