@@ -51,7 +51,7 @@ leaderboards: $(STAMP)
 	$(NCB) run omniglot-to-glyphs --model $(OMNIGLOT_MODELS) --data-root $(OMNIGLOT) --workers $(WORKERS) --out $(OUT) --no-leaderboard
 	$(NCB) run glyphs --model $(GLYPHS_MODELS) --workers $(WORKERS) --out $(OUT) --no-leaderboard
 	$(NCB) run glyphs-to-omniglot --model $(CROSS_MODELS) --data-root $(OMNIGLOT) --workers $(WORKERS) --out $(OUT) --no-leaderboard
-	$(NCB) leaderboard --out $(OUT) --readme README.md
+	$(NCB) leaderboard --out $(OUT) --readme README.md --data-root $(OMNIGLOT) --update-manifest
 
 compare: $(STAMP)
 	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make compare A=leaderboards/x.csv B=other/x.csv" >&2; exit 2; }
