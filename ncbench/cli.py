@@ -24,6 +24,7 @@ from typing import Any, Callable
 import yaml
 
 from ncbench import __version__
+from ncbench.names import check_name
 from ncbench.registry import BACKBONES, DATASETS, HEADS, METRICS
 from ncbench.results import Status
 from ncbench.runtime import DEFAULT_MEMORY_GB, DEFAULT_TIMEOUT_S, keep_freed_memory
@@ -204,9 +205,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _report_statuses(statuses, "see the error column")
 
 
+def _task_args(args: argparse.Namespace) -> None:
+    """``--task`` names become file names (``<leaderboards>/<task>.csv``): each must follow the name rule."""
+    for name in args.task or []:
+        check_name(name, "--task")
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from ncbench import leaderboard  # lazy: start-up time
 
+    _task_args(args)
     for path in leaderboard.rebuild(args.results, args.leaderboards, args.task):
         print(path)
     return 0
@@ -241,6 +249,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from ncbench.report import make_report  # lazy: start-up time
 
+    _task_args(args)
     print(make_report(Path(args.leaderboards), Path(args.results), Path(args.out) / "report", args.task))
     return 0
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from filelock import FileLock
 
 from ncbench.files import atomic_write_text
 from ncbench.metrics import columns as metric_columns
+from ncbench.names import check_name, inside, is_valid_name
 from ncbench.results import Provenance, Result, Status, UnitKey, iter_results
 
 log = logging.getLogger(__name__)
@@ -104,7 +106,27 @@ def build(results_dir: Path, task: str) -> pd.DataFrame:
     return df
 
 
+# a text cell a spreadsheet would run as a formula (=, +, -, @, tab, CR first), possibly behind quotes already
+# added by this rule: written with one more leading quote, which :func:`read` removes again
+FORMULA = re.compile(r"'*[=+\-@\t\r]")
+
+
+def neutralise(value: Any) -> Any:
+    """A text cell with a leading ``'`` when a spreadsheet would read it as a formula (CSV injection)."""
+    return "'" + value if isinstance(value, str) and FORMULA.match(value) else value
+
+
+def _restore(value: Any) -> Any:
+    return value[1:] if isinstance(value, str) and value.startswith("'") and FORMULA.match(value) else value
+
+
 def to_csv_text(df: pd.DataFrame) -> str:
+    """The CSV text of a leaderboard: fixed float format; text cells go through :func:`neutralise` (numeric
+    columns hold numbers, so a negative value stays a number)."""
+    df = df.copy()
+    for c, kind in columns().items():
+        if kind is str and c in df.columns:
+            df[c] = df[c].map(neutralise, na_action="ignore").astype("string")
     return df.to_csv(index=False, float_format=FLOAT_FORMAT, lineterminator="\n")
 
 
@@ -121,9 +143,12 @@ def rebuild(results_dir: Path, leaderboards_dir: Path, tasks: list[str] | None =
     results_dir = Path(results_dir)
     if tasks is None:
         tasks = sorted(p.name for p in results_dir.iterdir() if p.is_dir()) if results_dir.is_dir() else []
+        for bad in [t for t in tasks if not is_valid_name(t)]:
+            log.warning("skipping results folder %s: %r is not a valid task name", results_dir / bad, bad)
+        tasks = [t for t in tasks if is_valid_name(t)]
     written = []
     for task in tasks:
-        path = Path(leaderboards_dir) / f"{task}.csv"
+        path = inside(leaderboards_dir, f"{check_name(task, 'task')}.csv")
         with lock(path):  # read and write under one lock: a rebuild that read fewer files cannot write last
             df = build(results_dir, task)
             atomic_write_text(path, to_csv_text(df))
@@ -161,4 +186,6 @@ def read(path: Path) -> pd.DataFrame:
             raise ValueError(f"{path}: column {c!r}: expected {kind}, got {df.loc[bad, c].iloc[0]!r} "
                              f"(row {int(bad.idxmax()) + 2})")
         df[c] = conv
+    for c in (c for c, kind in kinds.items() if kind is str):
+        df[c] = df[c].map(_restore, na_action="ignore")
     return to_frame(df.to_dict("records"))

@@ -19,6 +19,7 @@ from typing import Any
 
 from ncbench import leaderboard, sandbox
 from ncbench.backbones import build_backbone
+from ncbench.names import check_name
 from ncbench.results import Status
 from ncbench.run import run_task
 from ncbench.tasks import find_task
@@ -44,6 +45,9 @@ class Submission:
     backbone_options: dict[str, Any] = field(default_factory=dict)
     tasks: list[str] | None = None
     smoke: bool = False
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "--name")  # the name becomes a results folder and leaderboard cells
 
 
 @dataclass(frozen=True)
