@@ -274,7 +274,8 @@ def _unit_args(p: argparse.ArgumentParser, grid: bool) -> None:
     p.add_argument("--backbone", metavar="SPEC",
                    help="registered backbone, module:callable or file.py[:callable] (default: the task's)")
     p.add_argument("--backbone-option", action="append", metavar="KEY=VALUE", help="backbone option (repeatable)")
-    p.add_argument("--model", metavar="NAME", help="leaderboard name of the model (default: the backbone)")
+    p.add_argument("--model", metavar="NAME", help="leaderboard name of the model: lower-case letters, digits, '.', '_', '-' "
+                        "(default: derived from the backbone spec)")
     p.add_argument("--trust-backbone", action="store_true",
                    help="run a file / module / entry-point backbone's code in this process instead of a sandbox "
                         "(needed to pretrain it with torchrun)")
@@ -341,7 +342,8 @@ def _compare_parser(p: argparse.ArgumentParser) -> None:
 
 def _submit_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="backbone: registered name, module:callable or file.py[:callable]")
-    p.add_argument("--name", required=True, help="leaderboard name of the submission")
+    p.add_argument("--name", required=True,
+                   help="leaderboard name of the submission: lower-case letters, digits, '.', '_', '-'")
     p.add_argument("--tasks", nargs="+", help="tasks to run (default: every task with a leaderboard CSV)")
     p.add_argument("--smoke", action="store_true", help="run the tiny glyphs-smoke task first and stop on failure")
     p.add_argument("--backbone-option", action="append", metavar="KEY=VALUE", help="backbone option (repeatable)")

@@ -39,10 +39,10 @@ def name_problem(name: object) -> str | None:
         return f"expected a name (string), got {type(name).__name__}"
     if not name:
         return "empty name"
-    if len(name) > MAX_LENGTH:
-        return f"{len(name)} characters, at most {MAX_LENGTH} allowed"
     if any(sep and sep in name for sep in ("/", "\\", os.sep, os.altsep)):
         return "a name is not a path: no '/' or '\\'"
+    if len(name) > MAX_LENGTH:
+        return f"{len(name)} characters, at most {MAX_LENGTH} allowed"
     if not name.isascii():
         normal = unicodedata.normalize("NFKC", name)
         hint = f" (did you mean {normal!r}?)" if normal != name and name_problem(normal) is None else ""
@@ -68,7 +68,8 @@ def check_name(name: object, what: str) -> str:
     argument or field, e.g. ``--model``), the name and the rule, on one line."""
     problem = name_problem(name)
     if problem is not None:
-        raise BadNameError(f"{what}: invalid name {name!r}: {problem}; expected {RULE}")
+        shown = repr(name) if not isinstance(name, str) or len(name) <= 2 * MAX_LENGTH else repr(name[:MAX_LENGTH]) + "..."
+        raise BadNameError(f"{what}: invalid name {shown}: {problem}; expected {RULE}")
     return name  # type: ignore[return-value]
 
 

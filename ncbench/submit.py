@@ -19,7 +19,7 @@ from typing import Any
 
 from ncbench import leaderboard, sandbox
 from ncbench.backbones import build_backbone
-from ncbench.names import check_name
+from ncbench.names import check_name as check_name_rule
 from ncbench.results import Status
 from ncbench.run import run_task
 from ncbench.tasks import find_task
@@ -47,7 +47,7 @@ class Submission:
     smoke: bool = False
 
     def __post_init__(self) -> None:
-        check_name(self.name, "--name")  # the name becomes a results folder and leaderboard cells
+        check_name_rule(self.name, "--name")  # the name becomes a results folder and leaderboard cells
 
 
 @dataclass(frozen=True)

@@ -201,12 +201,12 @@ def _include_path(path: Path, inc) -> Path:
     if not isinstance(inc, str) or not inc:
         raise TaskError([f"{path}: include: expected a file name (string), got {inc!r}"])
     target = (path.parent / inc).resolve()
-    if target.suffix not in (".yaml", ".yml"):
-        raise TaskError([f"{path}: include: {inc!r} is not a .yaml / .yml file"])
     roots = _include_roots(path)
     if not any(target.parent == r or r in target.parents for r in roots):
         raise TaskError([f"{path}: include: {inc!r} resolves to {str(target)!r}, outside the including file's "
                          f"folder and the tasks folder ({', '.join(map(str, dict.fromkeys(roots)))})"])
+    if target.suffix not in (".yaml", ".yml"):
+        raise TaskError([f"{path}: include: {inc!r} is not a .yaml / .yml file"])
     return target
 
 
@@ -415,9 +415,9 @@ def _heads(c: _Checker, data: dict) -> list[dict[str, Any]]:
             for k in sorted(set(h) - {"name"} - set(allowed)):
                 c.bad(f"heads[{i}].{k}", f"unknown option of head {h['name']!r}; known: {', '.join(allowed) or 'none'}")
             for k in sorted(set(h) & POSITIVE_HEAD_OPTIONS):
-                c.get(h, k, float, f"heads[{i}].{k}", minimum=0.0)
-                if isinstance(h[k], (int, float)) and not isinstance(h[k], bool) and h[k] == 0:
-                    c.bad(f"heads[{i}].{k}", f"expected a number > 0, got {h[k]!r}")
+                v = h[k]
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+                    c.bad(f"heads[{i}].{k}", f"expected a finite number > 0, got {v!r}")
         heads.append(dict(h))
     return heads
 
