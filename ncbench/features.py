@@ -47,16 +47,25 @@ def code_digest(model: nn.Module) -> str:
     h = hashlib.sha256()
     files: dict[str, str] = {}
     for cls in sorted({type(m) for m in model.modules()}, key=lambda c: f"{c.__module__}.{c.__qualname__}"):
-        try:
-            src = inspect.getsourcefile(cls)
-        except TypeError:
-            src = None
-        files[f"{cls.__module__}.{cls.__qualname__}"] = src or ""
+        files[f"{cls.__module__}.{cls.__qualname__}"] = _source_file(cls) or ""
     for name, src in files.items():
         h.update(name.encode() + b"\0")
         if src and Path(src).is_file():
             h.update(hashlib.sha256(Path(src).read_bytes()).digest())
     return h.hexdigest()
+
+
+def _source_file(cls: type) -> str | None:
+    """The file defining ``cls``: through its module, else through the code of a method it defines (a class
+    loaded from a file spec whose module is not in ``sys.modules``)."""
+    try:
+        src = inspect.getsourcefile(cls)
+    except TypeError:
+        src = None
+    if src is None:
+        code = next((v.__code__ for v in vars(cls).values() if hasattr(v, "__code__")), None)
+        src = code.co_filename if code is not None else None
+    return src
 
 
 def _tensor_digest(t: torch.Tensor) -> str:

@@ -106,14 +106,19 @@ def build(results_dir: Path, task: str) -> pd.DataFrame:
     return df
 
 
-# a text cell a spreadsheet would run as a formula (=, +, -, @, tab, CR first), possibly behind quotes already
-# added by this rule: written with one more leading quote, which :func:`read` removes again
-FORMULA = re.compile(r"'*[=+\-@\t\r]")
+# a text cell a spreadsheet would run as a formula (=, +, -, @, tab, CR or LF first), possibly behind quotes
+# already added by this rule: written with one more leading quote, which :func:`read` removes again
+FORMULA = re.compile(r"'*[=+\-@\t\r\n]")
 
 
 def neutralise(value: Any) -> Any:
-    """A text cell with a leading ``'`` when a spreadsheet would read it as a formula (CSV injection)."""
-    return "'" + value if isinstance(value, str) and FORMULA.match(value) else value
+    """A text cell with a leading ``'`` when a spreadsheet would read it as a formula (CSV injection), and
+    its carriage returns written as line feeds (the CSV's line terminator is ``\\n``: a bare CR would not be
+    quoted and would split the row)."""
+    if not isinstance(value, str):
+        return value
+    value = value.replace("\r\n", "\n").replace("\r", "\n")
+    return "'" + value if FORMULA.match(value) else value
 
 
 def _restore(value: Any) -> Any:
