@@ -2,8 +2,10 @@
 
 A task names a dataset, how its classes split into source and target pools, the source-class counts to
 sweep, the pretraining recipe, the few-shot episodes, the heads, the metrics and the seeds. Shared defaults
-come from ``include: _base.yaml`` (a path relative to the including file; the including file's keys win,
-dicts are merged key by key). ``version`` is an integer bumped whenever sampling or scoring changes; every
+come from ``include: _base.yaml`` (a path relative to the including file, inside its folder or the tasks
+folder; the including file's keys win, dicts are merged key by key). Task files are read safely: regular
+files of at most 1 MiB, YAML without anchors or aliases (:class:`_TaskLoader`), names by the rule of
+:mod:`ncbench.names`. ``version`` is an integer bumped whenever sampling or scoring changes; every
 result row records it. See ``docs/tasks.md`` for every field.
 
 Validation reports *every* problem at once, each as ``FILE: FIELD: problem (expected ...)``.
