@@ -274,7 +274,8 @@ def _unit_args(p: argparse.ArgumentParser, grid: bool) -> None:
     p.add_argument("--backbone", metavar="SPEC",
                    help="registered backbone, module:callable or file.py[:callable] (default: the task's)")
     p.add_argument("--backbone-option", action="append", metavar="KEY=VALUE", help="backbone option (repeatable)")
-    p.add_argument("--model", metavar="NAME", help="leaderboard name of the model: lower-case letters, digits, '.', '_', '-' "
+    p.add_argument("--model", metavar="NAME",
+                   help="leaderboard name of the model: lower-case letters, digits, '.', '_', '-' "
                         "(default: derived from the backbone spec)")
     p.add_argument("--trust-backbone", action="store_true",
                    help="run a file / module / entry-point backbone's code in this process instead of a sandbox "

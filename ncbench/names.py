@@ -68,7 +68,8 @@ def check_name(name: object, what: str) -> str:
     argument or field, e.g. ``--model``), the name and the rule, on one line."""
     problem = name_problem(name)
     if problem is not None:
-        shown = repr(name) if not isinstance(name, str) or len(name) <= 2 * MAX_LENGTH else repr(name[:MAX_LENGTH]) + "..."
+        long = isinstance(name, str) and len(name) > 2 * MAX_LENGTH
+        shown = repr(name[:MAX_LENGTH]) + "..." if long else repr(name)
         raise BadNameError(f"{what}: invalid name {shown}: {problem}; expected {RULE}")
     return name  # type: ignore[return-value]
 

@@ -87,7 +87,8 @@ class UnitKey:
         """The unit's result file under ``results_dir``."""
         check_name(self.task, "unit.task")
         check_name(self.model, "unit.model")
-        return inside(results_dir, self.task, self.model, f"s{self.source_classes}-seed{self.seed}-{self.config_hash}.json")
+        return inside(results_dir, self.task, self.model,
+                      f"s{self.source_classes}-seed{self.seed}-{self.config_hash}.json")
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> "UnitKey":
