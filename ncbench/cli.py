@@ -26,6 +26,7 @@ from typing import Any, Callable
 import yaml
 
 from ncbench import __version__
+from ncbench.names import check_name
 from ncbench.registry import BACKBONES, DATASETS, HEADS, METRICS
 from ncbench.results import Status
 from ncbench.runtime import DEFAULT_MEMORY_GB, DEFAULT_TIMEOUT_S, keep_freed_memory
@@ -257,10 +258,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _report_statuses(statuses, "see the error column")
 
 
+def _task_args(args: argparse.Namespace) -> None:
+    """``--task`` names become file names (``<leaderboards>/<task>.csv``): each must follow the name rule."""
+    for name in args.task or []:
+        check_name(name, "--task")
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from ncbench import leaderboard  # lazy: start-up time
     from ncbench.tasks import find_task, task_files  # lazy: start-up time
 
+    _task_args(args)
     if args.readme is not None and not Path(args.readme).is_file():
         raise UsageError(f"--readme: {args.readme} is not a file")
     results = Path(args.results)
@@ -335,6 +343,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from ncbench.report import make_report  # lazy: start-up time
 
+    _task_args(args)
     print(make_report(Path(args.leaderboards), Path(args.results), Path(args.out) / "report", args.task))
     return 0
 
@@ -376,9 +385,9 @@ def _unit_args(p: argparse.ArgumentParser, grid: bool) -> None:
                    help="registered backbone, module:callable or file.py[:callable] (default: the task's)")
     p.add_argument("--backbone-option", action="append", metavar="KEY=VALUE", help="backbone option (repeatable)")
     p.add_argument("--model", metavar="NAME", nargs="+" if grid else None,
-                   help="a model of the task's models: section (backbone, options and pretraining overrides come "
-                        "from there; several may be given" + (")" if grid else " to run)") +
-                        ", or the leaderboard name of --backbone (default: the task's backbone)")
+                   help="a model of the task's models: section (its backbone, options and pretraining overrides)"
+                        + (", several may be given" if grid else "") + ", or the leaderboard name of --backbone: "
+                        "lower-case letters, digits, '.', '_', '-' (default: derived from the backbone spec)")
     p.add_argument("--trust-backbone", action="store_true",
                    help="run a file / module / entry-point backbone's code in this process instead of its bubblewrap "
                         "sandbox, unisolated (needed where bubblewrap is missing, and to pretrain it with torchrun)")
@@ -479,7 +488,8 @@ def _compare_parser(p: argparse.ArgumentParser) -> None:
 
 def _submit_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="backbone: registered name, module:callable or file.py[:callable]")
-    p.add_argument("--name", required=True, help="leaderboard name of the submission")
+    p.add_argument("--name", required=True,
+                   help="leaderboard name of the submission: lower-case letters, digits, '.', '_', '-'")
     p.add_argument("--tasks", nargs="+", metavar="TASK",
                    help="tasks to run (default: every task with a leaderboard CSV)")
     p.add_argument("--smoke", action="store_true", help="run the tiny glyphs-smoke task first and stop on failure")

@@ -2,7 +2,9 @@
 
 Every file ncbench writes (checkpoints, cards, result files, leaderboards, caches, reports) goes through
 :func:`atomic_write` (a temporary file in the same folder, fsync, ``os.replace``) or, for a folder filled
-in several steps, :func:`atomic_folder`.
+in several steps, :func:`atomic_folder`. ``tempfile`` creates its files 0600 and folders 0700; both are
+given the permissions a plain ``open`` / ``mkdir`` would (0666 / 0777 less the umask) before the rename, so
+outputs honour the umask like any other file.
 """
 
 from __future__ import annotations
@@ -17,11 +19,27 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where Linux says it (``/proc/self/status``); elsewhere
+    set and restored at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part; the
+    new file has mode ``0o666 & ~umask``, like one made by ``open``."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -54,6 +72,7 @@ def atomic_folder(target: Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=target.name + ".tmp"))
     try:
+        os.chmod(tmp, 0o777 & ~umask())
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from ncbench.episodes import sample_episodes
 from ncbench.files import atomic_write_text, sha256_file
 from ncbench.heads import head_label
 from ncbench.metrics import columns as metric_columns
+from ncbench.names import check_name, inside, is_valid_name
 from ncbench.results import Canon, Provenance, Result, Status, UnitKey, iter_results
 from ncbench.tasks import Task
 from ncbench.unit import RunOptions, Unit, unit_data
@@ -166,7 +168,32 @@ def _build(results_dir: Path, task: str, canon: Canon | None) -> tuple[pd.DataFr
     return df, used
 
 
+# a text cell a spreadsheet would run as a formula (=, +, -, @, tab, CR or LF first), possibly behind quotes
+# already added by this rule: written with one more leading quote, which :func:`read` removes again
+FORMULA = re.compile(r"'*[=+\-@\t\r\n]")
+
+
+def neutralise(value: Any) -> Any:
+    """A text cell with a leading ``'`` when a spreadsheet would read it as a formula (CSV injection), and
+    its carriage returns written as line feeds (the CSV's line terminator is ``\\n``: a bare CR would not be
+    quoted and would split the row)."""
+    if not isinstance(value, str):
+        return value
+    value = value.replace("\r\n", "\n").replace("\r", "\n")
+    return "'" + value if FORMULA.match(value) else value
+
+
+def _restore(value: Any) -> Any:
+    return value[1:] if isinstance(value, str) and value.startswith("'") and FORMULA.match(value) else value
+
+
 def to_csv_text(df: pd.DataFrame) -> str:
+    """The CSV text of a leaderboard: fixed float format; text cells go through :func:`neutralise` (numeric
+    columns hold numbers, so a negative value stays a number)."""
+    df = df.copy()
+    for c, kind in columns().items():
+        if kind is str and c in df.columns:
+            df[c] = df[c].map(neutralise, na_action="ignore").astype("string")
     return df.to_csv(index=False, float_format=FLOAT_FORMAT, lineterminator="\n")
 
 
@@ -230,9 +257,12 @@ def rebuild(results_dir: Path, leaderboards_dir: Path, tasks: list[str] | None =
     results_dir = Path(results_dir)
     if tasks is None:
         tasks = sorted(p.name for p in results_dir.iterdir() if p.is_dir()) if results_dir.is_dir() else []
+        for bad in [t for t in tasks if not is_valid_name(t)]:
+            log.warning("skipping results folder %s: %r is not a valid task name", results_dir / bad, bad)
+        tasks = [t for t in tasks if is_valid_name(t)]
     written, views = [], []
     for task in tasks:
-        path = Path(leaderboards_dir) / f"{task}.csv"
+        path = inside(leaderboards_dir, f"{check_name(task, 'task')}.csv")
         with lock(path):  # read and write under one lock: a rebuild that read fewer files cannot write last
             problems = check_manifest(results_dir, leaderboards_dir, task)
             if problems and not update_manifest:
@@ -289,4 +319,6 @@ def read(path: Path) -> pd.DataFrame:
             raise ValueError(f"{path}: column {c!r}: expected {kind}, got {df.loc[bad, c].iloc[0]!r} "
                              f"(row {int(bad.idxmax()) + 2})")
         df[c] = conv
+    for c in (c for c, kind in kinds.items() if kind is str):
+        df[c] = df[c].map(_restore, na_action="ignore")
     return to_frame(df.to_dict("records"))

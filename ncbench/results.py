@@ -40,6 +40,7 @@ from typing import Any, Iterator
 
 from ncbench.files import atomic_write_text
 from ncbench.stats import mean_ci95
+from ncbench.names import check_name, inside, name_problem
 
 SCHEMA = 1
 INT64 = (-2**63, 2**63 - 1)  # integers outside int64 are refused: no reader (pandas, numpy) could hold them
@@ -96,8 +97,10 @@ class UnitKey:
 
     def path(self, results_dir: Path) -> Path:
         """The unit's result file under ``results_dir``."""
-        return (Path(results_dir) / self.task / self.model
-                / f"s{self.source_classes}-seed{self.seed}-{self.config_hash}.json")
+        check_name(self.task, "unit.task")
+        check_name(self.model, "unit.model")
+        return inside(results_dir, self.task, self.model,
+                      f"s{self.source_classes}-seed{self.seed}-{self.config_hash}.json")
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> "UnitKey":
@@ -106,6 +109,10 @@ class UnitKey:
             raise ResultError(f"{where}: unit: expected a mapping with {', '.join(names)}")
         for k in ("task_version", "source_classes", "seed"):
             _check_int(d[k], f"{where}: unit.{k}")
+        for k in ("task", "model"):  # names become folders and leaderboard cells (ncbench.names)
+            problem = name_problem(d[k])
+            if problem is not None:
+                raise ResultError(f"{where}: unit.{k}: invalid name {d[k]!r}: {problem}")
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
 

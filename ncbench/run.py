@@ -13,7 +13,8 @@ A unit is one (task, model, source-class count s, seed). For each unit ``run_uni
 5. evaluates every (head, shots) on the task's episodes — drawn from the task's episode seed only, so they
    are identical for every backbone and seed — keeping per-episode accuracies;
 6. writes one result file atomically (``ncbench.results``). A failing unit writes a ``failed`` result
-   with its error instead; re-running skips units whose result file is ``ok``.
+   with its error instead; re-running skips units whose result file is ``ok``. A forced re-run
+   (``--force``) replaces an ``ok`` result only with a new ``ok`` one: if it fails, the old file stays.
 
 ``run_one`` is that step for one unit, as every executor (``ncbench.executor``: this process, a process
 pool, a Slurm job array) runs it. Launched as several processes (``ncbench.distributed``), they pretrain
@@ -220,6 +221,21 @@ def pretrain_in_group(unit: Unit, opts: RunOptions) -> bool:
     return where.is_main
 
 
+def _keeps_old_result(unit: Unit, opts: RunOptions) -> bool:
+    """A forced re-run that failed keeps the unit's ``ok`` result file: the old result is replaced only by a
+    new one that is ok (``--force`` means "run again", not "drop what was there")."""
+    path = unit.key().path(opts.results)
+    if not (opts.force and path.exists()):
+        return False
+    try:
+        old_ok = load_result(path).ok
+    except ResultError:
+        return False
+    if old_ok:
+        log.error("forced re-run of %s failed; its previous ok result %s is kept", unit.checkpoint_name, path)
+    return old_ok
+
+
 def run_one(unit: Unit, opts: RunOptions) -> Status:
     """Run one unit and write its result file (``failed`` with the error if it raised); return its status.
 
@@ -236,6 +252,8 @@ def run_one(unit: Unit, opts: RunOptions) -> Status:
         if not where.is_main:
             raise
         result = failed_result(unit, e, t0)
+        if _keeps_old_result(unit, opts):
+            return result.status
     write_result(opts.results, result)
     if result.ok:
         _log_summary(unit, result)

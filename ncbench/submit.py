@@ -20,6 +20,7 @@ from typing import Any
 from ncbench import leaderboard, sandbox
 from ncbench.analysis import is_analysis_file
 from ncbench.backbones import build_backbone
+from ncbench.names import check_name as check_name_rule
 from ncbench.results import Status, bind_model_name
 from ncbench.run import run_task
 from ncbench.tasks import find_task
@@ -47,6 +48,9 @@ class Submission:
     tasks: list[str] | None = None
     smoke: bool = False
     replace: bool = False
+
+    def __post_init__(self) -> None:
+        check_name_rule(self.name, "--name")  # the name becomes a results folder and leaderboard cells
 
 
 @dataclass(frozen=True)

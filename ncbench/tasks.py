@@ -2,8 +2,10 @@
 
 A task names a dataset, how its classes split into source and target pools, the source-class counts to
 sweep, the pretraining recipe, the few-shot episodes, the heads, the metrics and the seeds. Shared defaults
-come from ``include: _base.yaml`` (a path relative to the including file; the including file's keys win,
-dicts are merged key by key). ``version`` is an integer bumped whenever sampling or scoring changes; every
+come from ``include: _base.yaml`` (a path relative to the including file, inside its folder or the tasks
+folder; the including file's keys win, dicts are merged key by key). Task files are read safely: regular
+files of at most 1 MiB, YAML without anchors or aliases (:class:`_TaskLoader`), names by the rule of
+:mod:`ncbench.names`. ``version`` is an integer bumped whenever sampling or scoring changes; every
 result row records it. See ``docs/tasks.md`` for every field.
 
 Validation reports *every* problem at once, each as ``FILE: FIELD: problem (expected ...)``.
@@ -13,7 +15,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,8 @@ from ncbench.backbones import is_user_spec
 from ncbench.data import ImageDataset, dataset_options, load_dataset
 from ncbench.episodes import EpisodeError, sample_episodes, source_images, split_pools
 from ncbench.heads import head_options
+from ncbench.names import RULE as NAME_RULE
+from ncbench.names import name_problem
 from ncbench.pretrain import PretrainConfig
 from ncbench.registry import BACKBONES, DATASETS, HEADS, METRICS, Registry
 from ncbench.taskfiles import task_files, tasks_dir  # noqa: F401  (public here too)
@@ -32,6 +38,10 @@ from ncbench.taskfiles import task_files, tasks_dir  # noqa: F401  (public here 
 TASK_KEYS = {"include", "name", "version", "description", "dataset", "pools", "source_classes",
              "images_per_class", "episodes", "backbone", "pretrain", "heads", "metrics", "layer_eps", "seeds",
              "slurm", "target", "models"}
+
+
+# head options that must be finite numbers > 0 (ridge penalty, logistic inverse regularisation, tolerance)
+POSITIVE_HEAD_OPTIONS = {"alpha", "C", "tol"}
 
 
 class TaskError(ValueError):
@@ -151,15 +161,92 @@ class Task:
 
 
 # --------------------------------------------------------------------------------------------- loading
+MAX_TASK_FILE_BYTES = 1 << 20   # a task file (and each file it includes) is read with this bound
+MAX_YAML_DEPTH = 32             # nesting of mappings and lists
+MAX_INCLUDES = 8                # length of an include chain
+MAX_EPISODES = 1_000_000        # episodes.count
+MAX_INT = 2**63 - 1             # every integer field (seeds, version, sizes) fits int64
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """A YAML construct task files do not allow (anchors, aliases, deep nesting)."""
+
+
+class _TaskLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses anchors and aliases (``&a`` / ``*a``, ``<<: *a``: the "billion
+    laughs" bomb expands a few lines into gigabytes) and nesting deeper than :data:`MAX_YAML_DEPTH`."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise _Refused(None, None, f"alias *{event.anchor} refused: task files may not use YAML anchors or "
+                           "aliases (write the values out)", event.start_mark)
+        if getattr(event, "anchor", None) is not None:
+            raise _Refused(None, None, f"anchor &{event.anchor} refused: task files may not use YAML anchors or "
+                           "aliases (write the values out)", event.start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _Refused(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _read_bounded(path: Path) -> str:
+    """The text of the regular file at ``path``, at most :data:`MAX_TASK_FILE_BYTES` bytes. Opened without
+    blocking (a named pipe would block ``open``) and checked to be a regular file before reading (no
+    ``/dev/zero``, no FIFO, no folder)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise TaskError([f"{path}: cannot read task file ({e.strerror or e})"]) from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise TaskError([f"{path}: not a regular file; a task file must be a regular .yaml file"])
+        data = f.read(MAX_TASK_FILE_BYTES + 1)
+    if len(data) > MAX_TASK_FILE_BYTES:
+        raise TaskError([f"{path}: larger than {MAX_TASK_FILE_BYTES} bytes; a task file must be smaller"])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TaskError([f"{path}: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
+
+
+def _include_roots(including: Path) -> list[Path]:
+    """Folders an include may name a file in: the including file's folder, the tasks folder and the tasks
+    folder shipped beside the package."""
+    return [including.parent.resolve(), tasks_dir().resolve(), (Path(__file__).resolve().parents[1] / "tasks")]
+
+
+def _include_path(path: Path, inc) -> Path:
+    """The resolved file named by ``include:`` of ``path``: a .yaml/.yml file inside one of
+    :func:`_include_roots` (symbolic links followed before checking)."""
+    if not isinstance(inc, str) or not inc:
+        raise TaskError([f"{path}: include: expected a file name (string), got {inc!r}"])
+    target = (path.parent / inc).resolve()
+    roots = _include_roots(path)
+    if not any(target.parent == r or r in target.parents for r in roots):
+        raise TaskError([f"{path}: include: {inc!r} resolves to {str(target)!r}, outside the including file's "
+                         f"folder and the tasks folder ({', '.join(map(str, dict.fromkeys(roots)))})"])
+    if target.suffix not in (".yaml", ".yml"):
+        raise TaskError([f"{path}: include: {inc!r} is not a .yaml / .yml file"])
+    return target
+
+
 def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     if path in chain:
         raise TaskError([f"{path}: include: circular include ({' -> '.join(map(str, chain + (path,)))})"])
+    if len(chain) >= MAX_INCLUDES:
+        raise TaskError([f"{path}: include: more than {MAX_INCLUDES} nested includes"])
+    text = _read_bounded(path)
     try:
-        text = path.read_text()
-    except OSError as e:
-        raise TaskError([f"{path}: cannot read task file ({e.strerror or e})"]) from None
-    try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_TaskLoader)  # noqa: S506 - a SafeLoader subclass
+    except _Refused as e:
+        mark = e.problem_mark
+        raise TaskError([f"{path}: line {mark.line + 1}, column {mark.column + 1}: {e.problem}"]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -171,9 +258,7 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     inc = data.pop("include", None)
     if inc is None:
         return data
-    if not isinstance(inc, str):
-        raise TaskError([f"{path}: include: expected a file name (string), got {inc!r}"])
-    base = _read_yaml((path.parent / inc).resolve(), chain + (path,))
+    base = _read_yaml(_include_path(path, inc), chain + (path,))
     return _merge(base, data)
 
 
@@ -206,6 +291,11 @@ class _Checker:
         if not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool):
             self.bad(fieldname, f"expected {_kind_name(kind)}, got {v!r} ({type(v).__name__})")
             return None
+        if kind is float and not math.isfinite(v):
+            self.bad(fieldname, f"expected a finite number, got {v!r}")
+            return None
+        if kind is int and maximum is None:
+            maximum = MAX_INT
         if minimum is not None and v < minimum:
             self.bad(fieldname, f"expected a value >= {minimum}, got {v!r}")
             return None
@@ -226,6 +316,9 @@ class _Checker:
         if any(i < minimum for i in items):
             self.bad(fieldname, f"expected values >= {minimum}, got {v!r}")
             return None
+        if any(i > MAX_INT for i in items):
+            self.bad(fieldname, f"expected values <= {MAX_INT} (2**63 - 1), got {v!r}")
+            return None
         if len(set(items)) != len(items):
             self.bad(fieldname, f"duplicate values in {v!r}")
             return None
@@ -236,6 +329,12 @@ class _Checker:
             self.bad(fieldname, f"expected a {registry.kind} name (string), got {name!r}")
         elif name not in registry and not (registry is BACKBONES and is_user_spec(name)):
             self.bad(fieldname, registry.unknown_message(name))
+
+    def name(self, v, fieldname: str) -> None:
+        """A model / task / dataset name: the rule of :mod:`ncbench.names`."""
+        problem = name_problem(v)
+        if problem is not None:
+            self.bad(fieldname, f"invalid name {v!r}: {problem}; expected {NAME_RULE}")
 
     def mapping(self, data: dict, key: str, fieldname: str | None = None, default=...) -> dict:
         v = data.get(key, None if default is ... else default)
@@ -264,6 +363,7 @@ def _dataset(c: _Checker, data: dict, where: str = "dataset") -> tuple[str | Non
     ds = c.mapping(data, "dataset", where)
     name = c.get(ds, "name", str, f"{where}.name")
     if name is not None:
+        c.name(name, f"{where}.name")
         c.name_in(DATASETS, name, f"{where}.name")
     options = c.get(ds, "options", dict, f"{where}.options", default={})
     if name is not None and name in DATASETS and options:
@@ -293,6 +393,7 @@ def _models(c: _Checker, data: dict) -> dict[str, ModelSpec]:
     out = {}
     for name, spec in zoo.items():
         where = f"models.{name}"
+        c.name(name, where)
         if not isinstance(spec, dict):
             c.bad(where, f"expected a mapping with backbone (and options, pretrain), got {spec!r}")
             continue
@@ -324,7 +425,7 @@ def _pools(c: _Checker, data: dict) -> PoolSpec:
     frac = c.get(pools, "source_fraction", float, "pools.source_fraction", default=0.5)
     if frac is not None and not 0 < frac < 1:
         c.bad("pools.source_fraction", f"expected a number strictly between 0 and 1, got {frac}")
-    seed = c.get(pools, "seed", int, "pools.seed", default=0)
+    seed = c.get(pools, "seed", int, "pools.seed", default=0, minimum=0)
     for k in sorted(set(pools) - {"source", "target", "source_fraction", "seed"}):
         c.bad(f"pools.{k}", "unknown field; known: source, target, source_fraction, seed")
     return PoolSpec(src, tgt, frac, seed)
@@ -335,8 +436,8 @@ def _episodes(c: _Checker, data: dict) -> EpisodeSpec:
     ways = c.get(ep, "ways", int, "episodes.ways", minimum=2)
     shots = c.int_list(ep, "shots", "episodes.shots", minimum=1)
     queries = c.get(ep, "queries", int, "episodes.queries", minimum=1)
-    count = c.get(ep, "count", int, "episodes.count", minimum=1)
-    seed = c.get(ep, "seed", int, "episodes.seed", default=0)
+    count = c.get(ep, "count", int, "episodes.count", minimum=1, maximum=MAX_EPISODES)
+    seed = c.get(ep, "seed", int, "episodes.seed", default=0, minimum=0)
     for k in sorted(set(ep) - {"ways", "shots", "queries", "count", "seed"}):
         c.bad(f"episodes.{k}", "unknown field; known: ways, shots, queries, count, seed")
     return EpisodeSpec(ways, shots, queries, count, seed)
@@ -378,6 +479,10 @@ def _heads(c: _Checker, data: dict) -> list[dict[str, Any]]:
             allowed = list(head_options(h["name"]))
             for k in sorted(set(h) - {"name"} - set(allowed)):
                 c.bad(f"heads[{i}].{k}", f"unknown option of head {h['name']!r}; known: {', '.join(allowed) or 'none'}")
+            for k in sorted(set(h) & POSITIVE_HEAD_OPTIONS):
+                v = h[k]
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+                    c.bad(f"heads[{i}].{k}", f"expected a finite number > 0, got {v!r}")
         heads.append(dict(h))
     return heads
 
@@ -410,6 +515,8 @@ def parse_task(data: dict, path: str = "<task>") -> Task:
     for k in sorted(set(data) - TASK_KEYS):
         c.bad(k, f"unknown field; known fields: {', '.join(sorted(TASK_KEYS - {'include'}))}")
     name = c.get(data, "name", str)
+    if name is not None:
+        c.name(name, "name")
     version = c.get(data, "version", int, minimum=1)
     description = c.get(data, "description", str, default="")
     ds_name, ds_options = _dataset(c, data)
@@ -423,7 +530,9 @@ def parse_task(data: dict, path: str = "<task>") -> Task:
     pretrain = _pretrain(c, data)
     heads = _heads(c, data)
     metrics = _metrics(c, data)
-    layer_eps = c.get(data, "layer_eps", float, default=0.01, minimum=0.0, maximum=1.0)
+    layer_eps = c.get(data, "layer_eps", float, default=0.01)
+    if layer_eps is not None and not 0 < layer_eps < 1:
+        c.bad("layer_eps", f"expected a number strictly between 0 and 1, got {layer_eps!r}")
     seeds = c.int_list(data, "seeds", "seeds", minimum=0, default=[0])
     target = _target(c, data)
     models = _models(c, data)

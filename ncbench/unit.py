@@ -28,6 +28,7 @@ from ncbench.episodes import draw_source_classes, source_images, split_pools
 from ncbench.features import FeatureCache
 from ncbench.layerwise import LayerCurves, layer_collapse
 from ncbench.metrics import uses
+from ncbench.names import check_name, inside, name_from_spec
 from ncbench.pretrain import pretrain, source_labels
 from ncbench.results import UnitKey
 from ncbench.runtime import DEFAULT_MEMORY_GB, DEFAULT_TIMEOUT_S, check_limits
@@ -57,6 +58,8 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         check_limits(self.timeout_s, self.memory_gb)
+        for name in ([self.model] if self.model is not None else []) + list(self.models or []):
+            check_name(name, "--model")
 
 
 # Task fields that decide a checkpoint: what is pretrained, on which images, and what its curve tracks.
@@ -168,14 +171,14 @@ def plan_units(task: Task, opts: RunOptions) -> list[Unit]:
             bb_options = opts.backbone_options if opts.backbone_options is not None else (
                 task.backbone_options if opts.backbone is None else {})
             pretrain = {}
-        model = name or backbone.rsplit("/", 1)[-1]  # a file spec's name without its folder: a path segment
+        model = name or name_from_spec(backbone)  # a spec's last segment as a valid name (ncbench.names)
         units += [Unit(task, model, backbone, bb_options, s, seed, pretrain)
                   for s in (opts.source_classes or task.source_classes) for seed in (opts.seeds or task.seeds)]
     return units
 
 
 def checkpoint_dir(unit: Unit, opts: RunOptions) -> Path:
-    return Path(opts.out) / "checkpoints" / f"{unit.checkpoint_name}-{unit.pretrain_hash}"
+    return inside(Path(opts.out) / "checkpoints", f"{unit.checkpoint_name}-{unit.pretrain_hash}")
 
 
 # ------------------------------------------------------------------------------------------------- data

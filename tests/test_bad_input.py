@@ -131,6 +131,30 @@ TASK_FIELD_CASES = [
     ("task-unknown-head-option", "heads", [{"name": "ridge", "alpah": 2.0}],
      ["heads[0].alpah: unknown option of head 'ridge'", "known: alpha"]),
     ("task-unknown-metric", "metrics", ["cdvn"], ["metrics[0]: unknown metric 'cdvn'; did you mean 'cdnv'"]),
+    # limits that do not need the dataset (issue 15)
+    ("task-episode-count-too-large", "episodes.count", 10**7, ["episodes.count: expected a value <= 1000000"]),
+    ("task-seed-beyond-int64", "seeds", [0, 2**63], ["seeds: expected values <= 9223372036854775807"]),
+    ("task-negative-seed", "seeds", [-1], ["seeds: expected values >= 0"]),
+    ("task-version-beyond-int64", "version", 2**63, ["version: expected a value <= 9223372036854775807"]),
+    ("task-negative-episode-seed", "episodes.seed", -3, ["episodes.seed: expected a value >= 0, got -3"]),
+    ("task-layer-eps-nan", "layer_eps", float("nan"), ["layer_eps: expected a finite number, got nan"]),
+    ("task-layer-eps-zero", "layer_eps", 0.0, ["layer_eps: expected a number strictly between 0 and 1, got 0.0"]),
+    ("task-layer-eps-one", "layer_eps", 1, ["layer_eps: expected a number strictly between 0 and 1, got 1.0"]),
+    ("task-ridge-alpha-zero", "heads", [{"name": "ridge", "alpha": 0}],
+     ["heads[0].alpha: expected a finite number > 0, got 0"]),
+    ("task-ridge-alpha-negative", "heads", ["ncc", {"name": "ridge", "alpha": -1.5}],
+     ["heads[1].alpha: expected a finite number > 0, got -1.5"]),
+    ("task-ridge-alpha-text", "heads", [{"name": "ridge", "alpha": "big"}],
+     ["heads[0].alpha: expected a finite number > 0, got 'big'"]),
+    ("task-logistic-c-infinite", "heads", [{"name": "logistic", "C": float("inf")}],
+     ["heads[0].C: expected a finite number > 0, got inf"]),
+    # names are not paths (ncbench.names)
+    ("task-name-parent-path", "name", "../../TASKPWN", ["name: invalid name '../../TASKPWN'", "not a path"]),
+    ("task-name-empty", "name", "", ["name: invalid name '': empty name"]),
+    ("task-name-formula", "name", "=cmd", ["name: invalid name '=cmd'", "character '=' not allowed"]),
+    ("task-name-cyrillic-lookalike", "name", "t\u0456ny", ["name: invalid name", "U+0456", "look-alikes are refused"]),
+    ("task-name-upper-case", "name", "Tiny", ["name: invalid name 'Tiny'", "did you mean 'tiny'"]),
+    ("task-dataset-name-path", "dataset.name", "../glyphs", ["dataset.name: invalid name '../glyphs'"]),
 ]
 
 
@@ -152,6 +176,38 @@ def circular(store):
     return write_raw(store, "include: a.yaml\nname: tiny\n")
 
 
+BILLION_LAUGHS = """\
+a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+name: tiny
+"""
+
+
+def fifo(store, name):
+    path = store.root / name
+    os.mkfifo(path)
+    return path
+
+
+def including(store, target, *, make=None):
+    """bad.yaml including ``target`` (made first by ``make(store)`` when given)."""
+    if make is not None:
+        make(store)
+    return write_raw(store, f"include: {target}\nname: tiny\n")
+
+
+def outside_file(store) -> Path:
+    path = store.root.parent / "evil.yaml"
+    path.write_text("name: evil\n")
+    return path
+
+
+def dev_zero_link(store) -> None:
+    (store.root / "zero.yaml").symlink_to("/dev/zero")
+
+
 # id -> (the task argument given to `ncbench run`, expected message parts)
 TASK_FILE_CASES = {
     "task-yaml-syntax-error": (lambda s: write_raw(s, "name: tiny\nepisodes: {ways: 3, shots: [1\n"),
@@ -161,6 +217,30 @@ TASK_FILE_CASES = {
     "task-file-missing": (lambda s: s.root / "nowhere.yaml", ["nowhere.yaml: cannot read task file"]),
     "task-unknown-name": (lambda s: "glyph", ["unknown task 'glyph'; did you mean 'glyphs'"]),
     "task-circular-include": (circular, ["include: circular include", "a.yaml -> "]),
+    # safe task files (issue 15): no YAML anchors / aliases, bounded regular files, confined includes
+    "task-yaml-anchor": (lambda s: write_raw(s, "name: tiny\nseeds: &s [0, 1]\n"),
+                         ["bad.yaml: line 2, column 8: anchor &s refused", "may not use YAML anchors or aliases"]),
+    "task-yaml-billion-laughs": (lambda s: write_raw(s, BILLION_LAUGHS), ["bad.yaml: line 1", "anchor &a refused"]),
+    "task-yaml-alias-in-backbone-options": (
+        lambda s: write_raw(s, "name: tiny\nbackbone: {name: tiny-conv, options: {width: *w}}\n"),
+        ["bad.yaml: line 2", "alias *w refused"]),
+    "task-yaml-deep-nesting": (lambda s: write_raw(s, "x: " + "[" * 200 + "]" * 200 + "\n"),
+                               ["bad.yaml: line 1", "nested deeper than 32 levels"]),
+    "task-file-too-large": (lambda s: write_raw(s, "name: tiny\n" + "#" * (1 << 20) + "\n"),
+                            ["bad.yaml: larger than 1048576 bytes"]),
+    "task-file-dev-zero": (lambda s: "/dev/zero", ["/dev/zero: not a regular file"]),
+    "task-file-named-pipe": (lambda s: fifo(s, "pipe.yaml"), ["pipe.yaml: not a regular file"]),
+    "task-include-named-pipe": (lambda s: including(s, "base.yaml", make=lambda s: fifo(s, "base.yaml")),
+                                ["base.yaml: not a regular file"]),
+    "task-include-dev-zero": (lambda s: including(s, "/dev/zero"),
+                              ["bad.yaml: include: '/dev/zero' resolves to '/dev/zero', outside"]),
+    "task-include-link-to-dev-zero": (lambda s: including(s, "zero.yaml", make=dev_zero_link),
+                                      ["include: 'zero.yaml' resolves to '/dev/zero', outside"]),
+    "task-include-absolute-outside": (lambda s: including(s, outside_file(s)), ["evil.yaml' resolves to", "outside"]),
+    "task-include-parent-folder": (lambda s: including(s, "../evil.yaml", make=outside_file),
+                                   ["include: '../evil.yaml' resolves to", "outside the including file's folder"]),
+    "task-include-not-yaml": (lambda s: including(s, "notes.txt", make=lambda s: (s.root / "notes.txt").write_text("x")),
+                              ["include: 'notes.txt' is not a .yaml / .yml file"]),
 }
 
 
@@ -540,14 +620,101 @@ def test_output(store, capsys, monkeypatch, case):
     expect_clear_error(make_argv(store, monkeypatch), store, capsys, needles)
 
 
+# ------------------------------------------------------------------------------------------- names (issue 15)
+OUTSIDE = "PWNED"  # every path a name case tries to write names this; none may appear anywhere
+
+
+def outside(store, name=OUTSIDE) -> Path:
+    return store.root.parent / name
+
+
+# id -> (argv builder, expected message parts); each exits 2 before anything runs, with a one-line message
+NAME_CASES = {
+    "name-submit-absolute-path": (
+        lambda s: ["submit", net_file(s), "--name", outside(s), "--tasks", s.task, *s.args],
+        ["--name: invalid name", "PWNED'", "a name is not a path"]),
+    "name-submit-formula": (lambda s: ["submit", net_file(s), "--name", "=cmd", "--tasks", s.task, *s.args],
+                            ["--name: invalid name '=cmd'", "character '=' not allowed"]),
+    "name-submit-cyrillic-lookalike": (
+        lambda s: ["submit", "tiny-mlp", "--name", "t\u0456ny-mlp", "--tasks", s.task, *s.args],
+        ["--name: invalid name", "U+0456", "look-alikes are refused"]),
+    "name-model-dotdot": (lambda s: ["run", s.task, "--model", "..", *s.args],
+                          ["--model: invalid name '..'", "must not start with '.'"]),
+    "name-model-parent-path": (
+        lambda s: ["evaluate", s.task, "--source-classes", 4, "--seed", 0, "--model", "../../" + OUTSIDE, *s.args],
+        ["--model: invalid name '../../PWNED'", "a name is not a path"]),
+    "name-model-formula": (lambda s: ["run", s.task, "--model", "=cmd", *s.args], ["--model: invalid name '=cmd'"]),
+    "name-model-empty": (lambda s: ["run", s.task, "--model", "", "--backbone", "tiny-mlp", *s.args],
+                         ["--model: invalid name '': empty name"]),
+    "name-model-upper-case": (lambda s: ["run", s.task, "--model", "Conv4", *s.args],
+                              ["--model: invalid name 'Conv4'", "did you mean 'conv4'"]),
+    "name-model-full-width": (lambda s: ["run", s.task, "--model", "\uff43\uff4f\uff4e\uff56\uff14", *s.args],
+                              ["--model: invalid name", "did you mean 'conv4'"]),
+    "name-model-too-long": (lambda s: ["run", s.task, "--model", "a" * 65, *s.args],
+                            ["--model: invalid name", "65 characters, at most 64 allowed"]),
+    "name-leaderboard-task-path": (lambda s: ["leaderboard", "--task", "../../" + OUTSIDE, *s.args],
+                                   ["--task: invalid name '../../PWNED'"]),
+    "name-validate-task-path": (lambda s: ["validate", s.write_task("bad.yaml", name="../../" + OUTSIDE)],
+                                ["bad.yaml: name: invalid name '../../PWNED'"]),
+}
+
+
+@pytest.mark.parametrize("case", list(NAME_CASES))
+def test_name(store, capsys, case):
+    make_argv, needles = NAME_CASES[case]
+    argv = make_argv(store)
+    expect_clear_error(argv, store, capsys, needles)
+    main([str(a) for a in argv])  # again, to read its stderr: one line
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not list(store.root.parent.parent.rglob(f"*{OUTSIDE}*")) and not Path("/tmp", OUTSIDE).exists()
+
+
+def test_task_name_that_is_a_path_writes_nothing(store, capsys):
+    """`run` of a task named ``../../TASKPWN``: exit 2 before any unit, no file or folder outside its root."""
+    path = store.write_task("bad.yaml", name="../../TASKPWN")
+    expect_clear_error(["run", path, *store.args], store, capsys, [f"{path}: name: invalid name '../../TASKPWN'"])
+    assert not list(store.root.parent.parent.rglob("*TASKPWN*"))
+
+
+def test_result_file_with_a_path_as_model_is_left_out(store, capsys, caplog):
+    """A result file whose unit.model breaks the name rule is reported and left out of the leaderboard."""
+    (good,) = (store.root / "results").rglob("*.json")
+    rec = json.loads(good.read_text())
+    rec["unit"]["model"] = "../../" + OUTSIDE
+    evil = store.root / "results" / "tiny" / "evil" / good.name
+    evil.parent.mkdir()
+    evil.write_text(json.dumps(rec))
+    assert main(["leaderboard", *store.args]) == 0
+    assert "unit.model: invalid name '../../PWNED'" in caplog.text
+    from ncbench import leaderboard
+
+    assert set(leaderboard.read(store.csv)["model"]) == {"tiny-conv"}
+
+
+# ------------------------------------------------------------------------------------------- --force
+def test_forced_rerun_that_fails_keeps_the_old_result(store, capsys, monkeypatch):
+    """``run --force`` replaces a result only with a new ok one: a failing re-run leaves every file as it was."""
+    import ncbench.run as run_module
+
+    def boom(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(run_module, "episode_scores", boom)
+    before = store.snapshot()
+    assert main([str(a) for a in ["run", store.task, "--force", *store.args]]) == 1
+    assert "1 of 1 units failed: tiny-conv.tiny-s4-seed0" in capsys.readouterr().err
+    assert store.snapshot() == before
+
+
 # ------------------------------------------------------------------------------------------- the count
 CASE_IDS = ([c[0] for c in TASK_FIELD_CASES] + list(TASK_FILE_CASES) + [c[0] for c in TASK_DATA_CASES]
             + list(DATA_CASES) + list(BACKBONE_CASES) + list(CHECKPOINT_CASES) + list(CSV_CASES)
-            + list(CSV_FILE_CASES) + ["backbone-option-syntax", "csv-torn-leaderboard-on-submit"] + list(OUTPUT_CASES))
+            + list(CSV_FILE_CASES) + ["backbone-option-syntax", "csv-torn-leaderboard-on-submit"] + list(OUTPUT_CASES)
+            + list(NAME_CASES) + ["name-task-path-on-run"])
 
 
 def test_matrix_covers_every_category():
     """At least 40 cases, ids unique, and every category of the issue's bad-input list present."""
     assert len(CASE_IDS) >= 40 and len(set(CASE_IDS)) == len(CASE_IDS)
-    for category in ("task-", "dataset-", "backbone-", "checkpoint-", "csv-", "output-"):
+    for category in ("task-", "dataset-", "backbone-", "checkpoint-", "csv-", "output-", "name-"):
         assert any(i.startswith(category) for i in CASE_IDS), category

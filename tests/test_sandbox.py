@@ -103,7 +103,7 @@ def test_crash_exit_memory_and_hang_fail_their_own_rows(small_task, tmp_path):
     df = leaderboard.build(opts.results, "tiny")
     assert df.groupby("seed")["status"].first().to_dict() == {1000: "failed", 1001: "failed", 1002: "failed",
                                                               1003: "failed", 1004: "ok"}
-    assert set(df["model"]) == {"misbehaving.py:backbone"} and set(df["backbone"]) == {spec}
+    assert set(df["model"]) == {"misbehaving.py-backbone"} and set(df["backbone"]) == {spec}
 
 
 def _alive(pid):

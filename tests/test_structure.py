@@ -11,8 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ncbench"
 # The flow, first to last; a module may import modules of its own layer or of earlier layers only.
 # Every module of the package belongs to the layer of its longest listed prefix.
 FLOW = (
-    ("base", ("ncbench", "ncbench.registry", "ncbench.runtime", "ncbench.files", "ncbench.stats",
-              "ncbench.distributed")),
+    ("base", ("ncbench", "ncbench.registry", "ncbench.runtime", "ncbench.files", "ncbench.names",
+              "ncbench.stats", "ncbench.distributed")),
     ("data", ("ncbench.data", "ncbench.episodes")),
     ("backbones", ("ncbench.backbones", "ncbench.checkpoint")),
     ("pretrain", ("ncbench.pretrain",)),
