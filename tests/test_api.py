@@ -284,7 +284,7 @@ def test_run_with_a_broken_backbone_logs_no_traceback(tiny_task_file, tmp_path, 
     caplog.set_level("DEBUG", logger="ncbench")
     assert cli(argv) == 1
     err = capfd.readouterr().err
-    assert "Traceback" not in err and "1 of 1 units failed: broken.py:Net.glyphs-s4-seed0" in err
+    assert "Traceback" not in err and "1 of 1 units failed: broken.py-net.glyphs-s4-seed0" in err
     shown = [r for r in caplog.records if r.levelno >= 20]
     errors = [r.getMessage() for r in shown if r.levelno >= 40]
     assert len(errors) == 1 and "\n" not in errors[0] and "mat1 and mat2 shapes cannot be multiplied" in errors[0]

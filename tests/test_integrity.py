@@ -84,7 +84,7 @@ FORGERIES = {
     "digest-missing": (_set(["provenance", "episodes"], {"1": "digest1"}), "provenance.episodes: digests for shots"),
     "world-size-zero": (_set(["provenance", "world_size"], 0), "provenance.world_size"),
     "wall-time-negative": (_set(["provenance", "wall_time_s"], -1.0), "provenance.wall_time_s"),
-    "empty-model": (_set(["unit", "model"], ""), "unit.model: expected a non-empty string"),
+    "empty-model": (_set(["unit", "model"], ""), "unit.model: invalid name '': empty name"),
 }
 
 

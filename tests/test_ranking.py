@@ -78,11 +78,12 @@ def test_grid_comes_from_the_task_file(tmp_path):
     """glyphs: every s and seed of tasks/glyphs.yaml; units of another task version or outside the grid do
     not count."""
     task = find_task("glyphs")
-    recs = [unit(m, s, seed, 0.5, task="glyphs") for m in ("full", "old") for s in task.source_classes
+    v = task.version
+    recs = [unit(m, s, seed, 0.5, task="glyphs", version=v) for m in ("full", "old") for s in task.source_classes
             for seed in task.seeds]
     extra_seed = max(task.seeds) + 1
-    recs += [unit("full", task.source_classes[0], extra_seed, 0.99, task="glyphs"),  # outside the grid: ignored
-             unit("part", task.source_classes[0], task.seeds[0], 0.5, task="glyphs")]
+    recs += [unit("full", task.source_classes[0], extra_seed, 0.99, task="glyphs", version=v),  # outside the grid
+             unit("part", task.source_classes[0], task.seeds[0], 0.5, task="glyphs", version=v)]
     for r in recs:
         if r["unit"]["model"] == "old" and r["unit"]["source_classes"] == task.source_classes[-1]:
             r["unit"]["task_version"] = task.version + 1
