@@ -43,14 +43,13 @@ leaderboard: $(STAMP)
 # measured time of each). The cross-domain tasks reuse their source task's checkpoints, so they run after it.
 GLYPHS_MODELS   ?= conv4 conv4-mse conv4-w80-etf resnet12-w16 wrn-10-1 mlp
 OMNIGLOT_MODELS ?= conv4 conv4-mse resnet12-w16 mlp
-CROSS_MODELS    ?= conv4 conv4-mse conv4-w80-etf mlp
 OMNIGLOT        ?= ../shared/data/omniglot-small
 WORKERS         ?= 2
 leaderboards: $(STAMP)
 	$(NCB) run omniglot --model $(OMNIGLOT_MODELS) --data-root $(OMNIGLOT) --workers $(WORKERS) --out $(OUT) --no-leaderboard
 	$(NCB) run omniglot-to-glyphs --model $(OMNIGLOT_MODELS) --data-root $(OMNIGLOT) --workers $(WORKERS) --out $(OUT) --no-leaderboard
 	$(NCB) run glyphs --model $(GLYPHS_MODELS) --workers $(WORKERS) --out $(OUT) --no-leaderboard
-	$(NCB) run glyphs-to-omniglot --model $(CROSS_MODELS) --data-root $(OMNIGLOT) --workers $(WORKERS) --out $(OUT) --no-leaderboard
+	$(NCB) run glyphs-to-omniglot --model $(GLYPHS_MODELS) --data-root $(OMNIGLOT) --workers $(WORKERS) --out $(OUT) --no-leaderboard
 	$(NCB) leaderboard --out $(OUT) --readme README.md --data-root $(OMNIGLOT) --update-manifest
 
 compare: $(STAMP)
