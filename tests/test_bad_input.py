@@ -433,7 +433,8 @@ def test_run_records_a_broken_backbone_as_a_failed_row(store, capsys, monkeypatc
     assert main([str(a) for a in ["run", store.task, "--backbone", net, "--model", "nan-net", *store.args]]) == 1
     assert "1 of 1 units failed: nan-net.glyphs-s4-seed0" in capsys.readouterr().err
     after = store.snapshot()
-    rebuilt = ("lb/tiny.csv", "lb/tiny.sha256")  # the leaderboard and its manifest gain the failed row's file
+    # the leaderboard, its manifest and its derived views gain the failed row
+    rebuilt = ("lb/tiny.csv", "lb/tiny.sha256", "lb/tiny.md", "lb/tiny-analysis.csv")
     assert {k: after[k] for k in before if k not in rebuilt} == {k: v for k, v in before.items() if k not in rebuilt}
     df = leaderboard.read(store.csv)
     failed = df[df["model"].eq("nan-net")]
@@ -702,7 +703,7 @@ def test_forced_rerun_that_fails_keeps_the_old_result(store, capsys, monkeypatch
     monkeypatch.setattr(run_module, "episode_scores", boom)
     before = store.snapshot()
     assert main([str(a) for a in ["run", store.task, "--force", *store.args]]) == 1
-    assert "1 of 1 units failed: tiny-conv.tiny-s4-seed0" in capsys.readouterr().err
+    assert "1 of 1 units failed: tiny-conv.glyphs-s4-seed0" in capsys.readouterr().err
     assert store.snapshot() == before
 
 
