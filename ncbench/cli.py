@@ -324,11 +324,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from ncbench.submit import Submission, submit  # lazy: start-up time
+    from ncbench.submit import Submission, plan, submit  # lazy: start-up time
 
     sub = Submission(args.spec, args.name, _options(args.backbone_option, "--backbone-option"), args.tasks, args.smoke,
                      args.replace)
-    outcome = submit(sub, _run_options(args), Path(args.leaderboards))
+    opts = _run_options(args)
+    for line in plan(sub, opts, Path(args.leaderboards)):
+        print(line, flush=True)
+    outcome = submit(sub, opts, Path(args.leaderboards))
     if outcome.smoke_failed:
         print(f"smoke test failed for {', '.join(outcome.failed)}; errors in {outcome.results}", file=sys.stderr)
         return 1
@@ -493,6 +496,10 @@ def _submit_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", nargs="+", metavar="TASK",
                    help="tasks to run (default: every task with a leaderboard CSV)")
     p.add_argument("--smoke", action="store_true", help="run the tiny glyphs-smoke task first and stop on failure")
+    p.add_argument("--source-classes", type=int, nargs="+", metavar="S",
+                   help="submit part of the grid: these source-class counts only (the model stays unranked until "
+                        "its grid is complete; submitting again runs only the missing units)")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="N", help="submit part of the grid: these seeds only")
     p.add_argument("--replace", action="store_true",
                    help="the name may hold results of another configuration: remove them (default: refuse the name)")
     p.add_argument("--trust-backbone", action="store_true",

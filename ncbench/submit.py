@@ -5,8 +5,12 @@ broken submission fails in seconds with a message naming the spec. A submission 
 ncbench backbone is untrusted: its validation, pretraining and feature extraction run in a sandbox process
 (``ncbench.sandbox``) under the run options' ``timeout_s`` and ``memory_gb``. With ``smoke`` the tiny
 ``glyphs-smoke`` task runs first, into a scratch folder, so a submitter sees problems in a minute before
-the real tasks start. The submission's rows are added by rebuilding each task's leaderboard from the
-result files, so existing rows are never rewritten by hand.
+the real tasks start. Before anything runs, :func:`plan` says per task how many units will run and about how
+long that takes (the median recorded wall time per s of the task's rows). ``--source-classes`` / ``--seeds``
+submit part of the grid: such a model is listed apart, unranked, in the ranked view until its grid is
+complete, and submitting again runs only the missing units. The submission's rows are added by rebuilding each
+task's leaderboard from the result files as soon as that task has run, so existing rows are never rewritten by
+hand.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from ncbench.analysis import is_analysis_file
 from ncbench.backbones import build_backbone
 from ncbench.names import check_name as check_name_rule
 from ncbench.results import Status, bind_model_name
-from ncbench.run import run_task
+from ncbench.run import is_finished, run_task
 from ncbench.tasks import find_task
 from ncbench.unit import RunOptions, plan_units
 
@@ -92,6 +96,52 @@ def validate(spec: str, options: dict[str, Any], opts: RunOptions) -> None:
                                memory_gb=opts.memory_gb)
 
 
+@dataclass(frozen=True)
+class PlanLine:
+    """One task of a submission's plan: units to run and already finished, and the estimated wall time
+    (seconds, one process) from the task's recorded rows, or None when it has none for these s."""
+
+    task: str
+    to_run: int
+    finished: int
+    source_classes: list[int]
+    seeds: list[int]
+    estimate_s: float | None
+
+    def __str__(self) -> str:
+        est = (f"about {self.estimate_s / 60:.0f} min" if self.estimate_s is not None and self.estimate_s >= 90
+               else f"about {self.estimate_s:.0f} s" if self.estimate_s is not None else "no estimate (no recorded rows)")
+        return (f"plan: {self.task}: {self.to_run} units to run (s = {', '.join(map(str, self.source_classes))} × "
+                f"seed {', '.join(map(str, self.seeds))}), {self.finished} finished; {est}, from the median "
+                "recorded wall time per s of the task's rows (one process)")
+
+
+def _recorded_unit_times(leaderboards_dir: Path, task: str) -> dict[int, float]:
+    """Median recorded wall time (s) of one unit per source-class count, from the task's leaderboard CSV."""
+    path = Path(leaderboards_dir) / f"{task}.csv"
+    if not path.is_file():
+        return {}
+    df = leaderboard.read(path)
+    units = df[df["status"].eq(Status.OK.value)].drop_duplicates(["model", "source_classes", "seed"])
+    return {int(k): float(v) for k, v in units.groupby("source_classes")["wall_time_s"].median().dropna().items()}
+
+
+def plan(sub: Submission, opts: RunOptions, leaderboards_dir: Path) -> list[PlanLine]:
+    """What :func:`submit` will run, per task, with an estimate from the task's recorded wall times."""
+    opts = dataclasses.replace(opts, backbone=sub.spec, backbone_options=sub.backbone_options, model=sub.name)
+    lines = []
+    for name in sub.tasks or leaderboard_tasks(leaderboards_dir):
+        task = find_task(name)
+        units = plan_units(task, opts)
+        todo = [u for u in units if not is_finished(u, opts)]
+        times = _recorded_unit_times(leaderboards_dir, task.name)
+        known = all(u.source_classes in times for u in todo)
+        lines.append(PlanLine(task.name, len(todo), len(units) - len(todo), sorted({u.source_classes for u in units}),
+                              sorted({u.seed for u in units}),
+                              sum(times[u.source_classes] for u in todo) if known and times else None))
+    return lines
+
+
 def _failed_units(statuses) -> list[str]:
     return [u.checkpoint_name for u, st in statuses if st != Status.OK]
 
@@ -116,7 +166,9 @@ def submit(sub: Submission, opts: RunOptions, leaderboards_dir: Path) -> SubmitO
         if failed:
             return SubmitOutcome(failed, True, [], smoke.results)
         log.info("smoke test passed")
-    failed = [name for task in tasks for name in _failed_units(run_task(task, opts))]
-    written = leaderboard.rebuild(opts.results, leaderboards_dir, [t.name for t in tasks],
-                                  canons={t.name: leaderboard.canon(t, opts.data_root) for t in tasks})
+    failed, written = [], []
+    for task in tasks:  # each task's leaderboard is rebuilt as soon as its units ran: its rows land task by task
+        failed += _failed_units(run_task(task, opts))
+        written += leaderboard.rebuild(opts.results, leaderboards_dir, [task.name],
+                                       canons={task.name: leaderboard.canon(task, opts.data_root)})
     return SubmitOutcome(failed, False, written, Path(opts.results))
