@@ -5,27 +5,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
-from ncbench.tasks import TaskError, check_against_data, load_task, task_files
+from ncbench.tasks import check_against_data, load_task, task_files
 from ncbench.unit import RunOptions, plan_units, unit_data
 from tests.conftest import tiny_task_dict
+from test_tasks import problems, write  # the task-file helpers (tests/ is on sys.path)
 
 SHARED_OMNIGLOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot-small"
 # another glyphs dataset (other seed, classes) at the tiny task's shape: a cross-domain target without files
 TARGET = {"dataset": {"name": "glyphs", "options": {"classes": 12, "per_class": 10, "image_size": 16, "seed": 7}}}
-
-
-def write(tmp_path, data, name="t.yaml"):
-    p = tmp_path / name
-    p.write_text(yaml.safe_dump(data))
-    return p
-
-
-def problems(tmp_path, data):
-    with pytest.raises(TaskError) as e:
-        load_task(write(tmp_path, data))
-    return "\n".join(e.value.problems)
 
 
 def test_target_section_is_parsed(tmp_path):
