@@ -273,12 +273,14 @@ def rehearse(task_name: str, data_root: Path, device: torch.device, steps: int, 
                                                       pp, task.layer_eps), max_forward, passes=2)
     ep = task.episodes
     count = episodes or ep.count
-    episodes_out = []
+    episodes_out, digests = [], {}
     with r.stage(f"episodes: {count} x {len(task.heads)} heads x {len(ep.shots)} shots",
                  images=count * len(task.heads) * len(ep.shots) * ep.ways * ep.queries):
         center = f_train.double().mean(0)
         for shots in ep.shots:
-            eps = sample_episodes(ds.labels, data.target_pool, ep.ways, shots, ep.queries, count, ep.seed)
+            eps = sample_episodes(data.target_dataset.labels, data.target_pool, ep.ways, shots, ep.queries, count,
+                                  ep.seed)
+            digests[str(shots)] = eps.digest
             pos = lambda a: np.searchsorted(tgt_idx, a)  # noqa: E731  dataset index -> row of f_tgt
             for spec in task.heads:
                 accs = episode_accuracy(build_head(spec, center=center), f_tgt, pos(eps.support), eps.support_labels,
@@ -294,7 +296,7 @@ def rehearse(task_name: str, data_root: Path, device: torch.device, steps: int, 
                           peak_rss_gb=float("nan"), note=f"every {config.track_every} epochs: source features + "
                           f"metrics + layer curves, {one_track:.1f} s each"))
     with r.stage("result file + leaderboard rebuild"):
-        record = Result(status=Status.OK, unit=unit.key(), provenance=Provenance(device=device.type),
+        record = Result(status=Status.OK, unit=unit.key(), provenance=Provenance(device=device.type, episodes=digests),
                         source={k: finite(v) for k, v in source.items()},
                         target={k: finite(v) for k, v in target.items()}, layers=curves.rows, episodes=episodes_out)
         write_result(opts.results, record)

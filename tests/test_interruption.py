@@ -116,7 +116,7 @@ KILL_POINTS = [
     ("episode evaluation: 4th (head, shots)", at_call("ncbench.run.episode_accuracy", 4)),  # where run looks it up
     ("result file half written", at_replace("*/results/*.json", 1, "torn")),
     ("pretraining of the second unit, first unit finished", at_replace("*/resume/state.json", 2, "after")),
-    ("leaderboard rebuild: reading results, lock held", at_call("ncbench.leaderboard.build", 1)),
+    ("leaderboard rebuild: reading results, lock held", at_call("ncbench.leaderboard._build", 1)),
     ("leaderboard rebuild: CSV half written", at_replace("*/lb/tiny.csv", 1, "torn")),
 ]
 
