@@ -24,7 +24,7 @@ COMMITTED = sorted(p for p in LEADERBOARDS.glob("*.csv") if not p.name.endswith(
 
 def test_every_result_folder_has_its_leaderboard():
     tasks = sorted(p.name for p in (LEADERBOARDS / "results").iterdir() if p.is_dir())
-    assert tasks and tasks == [p.stem for p in COMMITTED]
+    assert tasks and tasks == sorted(p.stem for p in COMMITTED)
 
 
 @pytest.mark.parametrize("csv", COMMITTED, ids=[p.stem for p in COMMITTED])
