@@ -274,6 +274,15 @@ def _legend(fig: Figure, axes, title: str | None = None) -> None:
                    title=title, title_fontsize="small")
 
 
+def _finish_panels(fig: Figure, axes, used: int, legend_title: str, title: str) -> Figure:
+    """Hide the grid's unused panels (``axes[used:]``), add the one legend and the title; return ``fig``."""
+    for ax in axes[used:]:
+        ax.set_visible(False)
+    _legend(fig, axes[:used], legend_title)
+    fig.suptitle(plain(title))
+    return fig
+
+
 def _log_y(ax, values: pd.Series) -> None:
     """Log y-axis when some value is positive (non-positive values are then not drawn), else linear."""
     if (pd.to_numeric(values, errors="coerce") > 0).any():
@@ -308,11 +317,7 @@ def _plot_accuracy(acc: pd.DataFrame, styles: dict, title: str) -> Figure:
         ax.set_ylabel("target few-shot accuracy")
         ax.yaxis.set_tick_params(labelleft=True)
         ax.grid(alpha=0.3)
-    for ax in axes[len(panels):]:
-        ax.set_visible(False)
-    _legend(fig, axes[:len(panels)], "model")
-    fig.suptitle(plain(title))
-    return fig
+    return _finish_panels(fig, axes, len(panels), "model", title)
 
 
 def _plot_target_cdnv(cd: pd.DataFrame, styles: dict, title: str) -> Figure:
@@ -376,11 +381,7 @@ def _plot_training(curves: pd.DataFrame, title: str) -> Figure:
             ax.set_ylabel(plain(metric) + (" (log)" if ax.get_yscale() == "log" else ""))
         ax.set(xlabel="fraction of training done", title=plain(metric), xlim=(0, 1))
         ax.grid(alpha=0.3)
-    for ax in axes[len(metrics):]:
-        ax.set_visible(False)
-    _legend(fig, axes[:len(metrics)], "source classes")
-    fig.suptitle(plain(title))
-    return fig
+    return _finish_panels(fig, axes, len(metrics), "source classes", title)
 
 
 def _plot_scatter(units: pd.DataFrame, table: pd.DataFrame, outcome: str, styles: dict, title: str) -> Figure:
@@ -407,11 +408,7 @@ def _plot_scatter(units: pd.DataFrame, table: pd.DataFrame, outcome: str, styles
         ax.set_ylabel(plain(outcome_label(outcome)))
         ax.yaxis.set_tick_params(labelleft=True)
         ax.grid(alpha=0.3)
-    for ax in axes[len(measures):]:
-        ax.set_visible(False)
-    _legend(fig, axes[:len(measures)], "model")
-    fig.suptitle(plain(title))
-    return fig
+    return _finish_panels(fig, axes, len(measures), "model", title)
 
 
 def _task_plots(task: str, df: pd.DataFrame, results_dir: Path, out_dir: Path, styles: dict,
