@@ -1,18 +1,21 @@
-"""The process ncbench runs in: CPUs and torch threads, malloc tuning, sandbox limits, source version.
+"""The process ncbench runs in: CPUs and torch threads, OpenMP waiting, malloc tuning, sandbox limits,
+source version.
 
 One home for the rules every entry point shares (the CLI, executor workers, sandbox children, Slurm jobs),
 so pretraining, the executor and the sandbox cannot disagree on them. Importing this module is cheap (no
-torch): the CLI reads its defaults before deciding what to import.
+torch): the CLI reads its defaults before deciding what to import, and :func:`prepare_process_env` must run
+before torch is imported.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, MutableMapping
 
 THREADS_ENV = "NCBENCH_THREADS"  # torch CPU threads per process, when set (a positive integer)
 THREADS_PER_WORKER = 4           # torch CPU threads per local worker process when the machine has enough CPUs
@@ -24,9 +27,119 @@ DEFAULT_TIMEOUT_S = 7200.0
 DEFAULT_MEMORY_GB = 16.0
 
 
+# OpenMP's wait policy when the user chose none (docs/scaling.md, "Threads and shared machines"): an idle
+# thread of torch's OpenMP pool (GNU libgomp) sleeps at once instead of spinning for a core it may not get
+WAIT_POLICY_ENV, SPINCOUNT_ENV = "OMP_WAIT_POLICY", "GOMP_SPINCOUNT"
+DEFAULT_WAIT_POLICY = "PASSIVE"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_CGROUP = Path("/proc/self/cgroup")
+
+
+def process_env_defaults(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """The variables :func:`prepare_process_env` adds to ``environ`` (default: ``os.environ``): those of its
+    rules the user has not decided. ``OMP_WAIT_POLICY=PASSIVE`` unless ``OMP_WAIT_POLICY`` or
+    ``GOMP_SPINCOUNT`` is set (either is the user's choice of how OpenMP threads wait)."""
+    environ = os.environ if environ is None else environ
+    if WAIT_POLICY_ENV in environ or SPINCOUNT_ENV in environ:
+        return {}
+    return {WAIT_POLICY_ENV: DEFAULT_WAIT_POLICY}
+
+
+def prepare_process_env(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Set the environment rules of an ncbench process in ``environ`` (default: ``os.environ``, which child
+    processes inherit) and return what was added; a value the user set is kept. Call it before torch is
+    imported: libgomp reads ``OMP_WAIT_POLICY`` once, when torch loads it, so a later change has no effect
+    in this process (only in the processes it starts)."""
+    environ = os.environ if environ is None else environ
+    added = process_env_defaults(environ)
+    environ.update(added)
+    return added
+
+
+def shell_env_defaults() -> list[str]:
+    """The rules of :func:`prepare_process_env` as POSIX shell lines, for a job script whose environment is
+    not this one (a Slurm job submitted with ``--export=NONE``): each sets its variable unless the job's
+    environment already decides it."""
+    return [f'[ -n "${{{WAIT_POLICY_ENV}+x}}${{{SPINCOUNT_ENV}+x}}" ] || export {WAIT_POLICY_ENV}={DEFAULT_WAIT_POLICY}']
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):  # missing, unreadable (permissions), not a text file
+        return None
+
+
+def _quota_cpus(quota: float, period: float) -> int | None:
+    """CPUs a CFS quota of ``quota`` µs per ``period`` µs allows: ceil(quota / period), at least 1; None when
+    there is no quota (negative) or the numbers make no sense."""
+    if not (quota > 0 and period > 0) or math.isinf(quota) or math.isinf(period):
+        return None
+    return max(1, math.ceil(quota / period))
+
+
+def _v2_limit(folder: Path) -> int | None:
+    """The quota of a cgroup v2 folder's ``cpu.max`` ("QUOTA PERIOD" or "max PERIOD"), as CPUs."""
+    text = _read(folder / "cpu.max")
+    parts = text.split() if text else []
+    if len(parts) != 2 or parts[0] == "max":
+        return None
+    try:
+        return _quota_cpus(float(parts[0]), float(parts[1]))
+    except ValueError:
+        return None
+
+
+def _v1_limit(folder: Path) -> int | None:
+    """The quota of a cgroup v1 cpu-controller folder (``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``; -1: none)."""
+    quota, period = _read(folder / "cpu.cfs_quota_us"), _read(folder / "cpu.cfs_period_us")
+    try:
+        return _quota_cpus(float(quota), float(period)) if quota and period else None
+    except ValueError:
+        return None
+
+
+def _with_ancestors(mount: Path, cgroup: str) -> list[Path]:
+    """``mount``/``cgroup`` and its parent cgroups up to ``mount`` (each one's quota also limits the process)."""
+    parts = [p for p in cgroup.strip().split("/") if p]
+    return [mount.joinpath(*parts[:i]) for i in range(len(parts), -1, -1)]
+
+
+def cgroup_cpu_limit(root: Path | None = None, proc_cgroup: Path | None = None) -> int | None:
+    """The CPUs this process's cgroup CPU quota allows, or None where there is none (or it cannot be read).
+
+    ``proc_cgroup`` lists the process's cgroups (default :data:`PROC_CGROUP`, lines ``ID:CONTROLLERS:PATH``)
+    and ``root`` is where the cgroup file systems are mounted (default :data:`CGROUP_ROOT`). cgroup v2 (line ``0::PATH``): ``cpu.max`` of
+    ``root/PATH`` and of each parent; cgroup v1 (the line whose controllers include ``cpu``):
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` in ``root/<controllers>/PATH`` (or ``root/cpu/PATH``) and
+    its parents. Each quota allows ceil(quota / period) CPUs, at least 1; the smallest of them is returned.
+    In a container with its own cgroup namespace PATH is ``/`` and the quota sits at the mount's top."""
+    root = CGROUP_ROOT if root is None else Path(root)
+    text = _read(PROC_CGROUP if proc_cgroup is None else Path(proc_cgroup))
+    limits: list[int] = []
+    for line in (text or "").splitlines():
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
+        if controllers == "":  # cgroup v2, unified hierarchy
+            folders, read = _with_ancestors(root, path), _v2_limit
+        elif "cpu" in controllers.split(","):
+            mounts = [root / controllers, *(root / c for c in controllers.split(",") if c == "cpu")]
+            mount = next((m for m in mounts if m.is_dir()), mounts[0])
+            folders, read = _with_ancestors(mount, path), _v1_limit
+        else:
+            continue
+        limits += [n for n in map(read, folders) if n is not None]
+    return min(limits) if limits else None
+
+
 def available_cpus() -> int:
-    """The CPUs this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """The CPUs this process may use: those of its affinity mask, fewer when its cgroup's CPU quota
+    (:func:`cgroup_cpu_limit`: a container's ``--cpus``, a Slurm job's cgroup) allows fewer."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cgroup_cpu_limit()
+    return max(1, min(cpus, quota) if quota is not None else cpus)
 
 
 def default_threads() -> int:
