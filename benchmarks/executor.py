@@ -19,6 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from ncbench.runtime import prepare_process_env
+
+prepare_process_env()  # before torch (or numpy, sklearn) loads its OpenMP, which reads OMP_WAIT_POLICY once
+
 from ncbench.executor import execute
 from ncbench.leaderboard import build
 from ncbench.run import RunOptions

@@ -16,6 +16,10 @@ import argparse
 import math
 import time
 
+from ncbench.runtime import prepare_process_env
+
+prepare_process_env()  # before torch (or numpy, sklearn) loads its OpenMP, which reads OMP_WAIT_POLICY once
+
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression, RidgeClassifier

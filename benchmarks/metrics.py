@@ -21,6 +21,10 @@ import argparse
 import resource
 import time
 
+from ncbench.runtime import prepare_process_env
+
+prepare_process_env()  # before torch (or numpy, sklearn) loads its OpenMP, which reads OMP_WAIT_POLICY once
+
 import numpy as np
 import torch
 

@@ -17,6 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from ncbench.runtime import prepare_process_env
+
+prepare_process_env()  # before torch (or numpy, sklearn) loads its OpenMP, which reads OMP_WAIT_POLICY once
+
 import numpy as np
 import torch
 

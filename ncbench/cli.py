@@ -29,7 +29,7 @@ from ncbench import __version__
 from ncbench.names import check_name
 from ncbench.registry import BACKBONES, DATASETS, HEADS, METRICS
 from ncbench.results import Status
-from ncbench.runtime import DEFAULT_MEMORY_GB, DEFAULT_TIMEOUT_S, keep_freed_memory
+from ncbench.runtime import DEFAULT_MEMORY_GB, DEFAULT_TIMEOUT_S, keep_freed_memory, prepare_process_env
 
 log = logging.getLogger("ncbench")
 
@@ -572,6 +572,7 @@ def _process_group() -> contextlib.AbstractContextManager:
 
 
 def main(argv: list[str] | None = None) -> int:
+    prepare_process_env()  # first: no command has imported torch yet (its OpenMP reads the wait policy once)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

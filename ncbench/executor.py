@@ -27,7 +27,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ncbench import distributed
-from ncbench.runtime import THREADS_ENV, available_cpus, default_workers, set_threads
+from ncbench.runtime import (THREADS_ENV, available_cpus, default_workers, prepare_process_env, set_threads,
+                             shell_env_defaults)
 from ncbench.results import Status
 from ncbench.run import is_finished, run_one, run_task
 from ncbench.tasks import SlurmOptions, Task
@@ -51,6 +52,9 @@ def submitit_parameters(slurm: SlurmOptions, task: Task) -> dict[str, Any]:
                               "cpus_per_task": slurm.cpus, "slurm_array_parallelism": slurm.max_parallel}
     if slurm.mem_gb is not None:
         params["mem_gb"] = slurm.mem_gb
+    # the job script applies the environment rules (OMP_WAIT_POLICY) itself, also where sbatch does not
+    # export the submitting environment; a value set in the job's environment is kept
+    params["slurm_setup"] = shell_env_defaults()
     for name in ("partition", "account", "qos", "constraint"):
         if getattr(slurm, name) is not None:
             params[f"slurm_{name}"] = getattr(slurm, name)
@@ -81,6 +85,7 @@ def _init_worker(threads: int, log_level: int) -> None:
 
 def _run_pool(units: list[Unit], opts: RunOptions, workers: int) -> list[Status]:
     threads = max(1, available_cpus() // workers)
+    prepare_process_env()  # the workers inherit it and read it when they import torch (this process may have already)
     log.info("running %d units in %d worker processes (%s torch threads each)", len(units), workers,
              os.environ.get(THREADS_ENV, threads))
     statuses = [Status.LOST] * len(units)
@@ -124,6 +129,7 @@ class UnitJob:
 def submit(units: list[Unit], task: Task, opts: RunOptions, slurm: SlurmOptions, cluster: str) -> list:
     """Submit ``units`` as one job array (cluster ``"slurm"`` or ``"local"``); returns submitit jobs in order."""
     submitit = import_submitit()
+    prepare_process_env()  # inherited by submitit's local subprocesses and by sbatch's exported environment
     executor = submitit.AutoExecutor(folder=Path(opts.out) / "submitit", cluster=cluster)
     executor.update_parameters(**submitit_parameters(slurm, task))
     jobs = executor.map_array(UnitJob(opts), units)

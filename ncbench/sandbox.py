@@ -67,7 +67,7 @@ from ncbench.files import atomic_folder, atomic_write, write_json
 from ncbench.layerwise import LayerCurves
 from ncbench.registry import BACKBONES
 from ncbench.runtime import (DEFAULT_MEMORY_GB, DEFAULT_TIMEOUT_S, THREADS_ENV, check_limits, default_threads,
-                             keep_freed_memory)
+                             keep_freed_memory, prepare_process_env)
 from ncbench.tasks import parse_task
 from ncbench.unit import (RunOptions, Unit, UnitFeatures, checkpoint_dir, dataset_for, features_here, pretrain_here,
                           unit_data)
@@ -81,7 +81,8 @@ REDACTED = "[redacted]"
 MIN_REDACT_CHARS = 6  # shorter environment values ("1", "C") are not secrets, and would mangle every message
 # environment variables the sandbox keeps (when set in the parent); everything else is cleared
 ENV_ALLOW = ("PATH", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-             "OPENBLAS_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "CUBLAS_WORKSPACE_CONFIG")
+             "OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "CUDA_VISIBLE_DEVICES",
+             "NVIDIA_VISIBLE_DEVICES", "CUBLAS_WORKSPACE_CONFIG")
 # bubblewrap's isolation, whatever the job (the file-system binds are added per job)
 BWRAP_FLAGS = ("--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
                "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv")
@@ -169,9 +170,11 @@ def _bwrap_command(workdir: Path, needed: list[Path], argv: list[str]) -> list[s
 
 
 def _sandbox_env(workdir: Path) -> dict[str, str]:
-    """The child's whole environment: :data:`ENV_ALLOW` from ours, and what ncbench itself sets."""
+    """The child's whole environment: :data:`ENV_ALLOW` from ours, and what ncbench itself sets (the rules of
+    :func:`ncbench.runtime.prepare_process_env` where ours does not decide them: the child imports torch at once)."""
     env = {k: os.environ[k] for k in ENV_ALLOW if k in os.environ}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    prepare_process_env(env)
     python_path = [str(Path(ncbench.__file__).resolve().parents[1])]
     python_path += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     env.update(HOME=str(workdir), TMPDIR=str(workdir), PYTHONPATH=os.pathsep.join(python_path),
