@@ -15,6 +15,8 @@ SCRIPTS = sorted(p.name for p in (ROOT / "benchmarks").iterdir() if p.is_file() 
 
 # script -> (arguments of a small run (``{task}`` is a tiny task file), a line its output must hold)
 SMALL = {
+    "contention.py": (["--task", "{task}", "--source-classes", "4", "--seeds", "0", "--spinners", "1",
+                       "--modes", "passive"], "passive slowdown"),
     "executor.py": (["--task", "{task}", "--seeds", "0", "--source-classes", "4", "--workers", "2", "--threads", "1"],
                     "leaderboard identical: True"),
     "heads.py": (["--episodes", "40", "--subset", "4", "--classes", "12", "--per-class", "20", "--dim", "16",
