@@ -23,7 +23,8 @@ SMALL = {
                   "--repeat", "1"], "ridge speed-up"),
     "metrics.py": (["--classes", "20", "--samples", "2000", "--dim", "16", "--batch-size", "500"], "ratio per-pair loop"),
     "pretrain.py": (["--backbone", "tiny-conv", "--classes", "4", "--per-class", "12", "--epochs", "1", "--repeats", "1",
-                     "--batch-size", "16", "--collapse-epochs", "2", "--threads", "1"], "collapse of tiny-conv"),
+                     "--batch-size", "16", "--collapse-epochs", "2", "--threads", "1", "--efficiency-models", "tiny-conv",
+                     "--efficiency-steps", "1", "--peak-batch", "32", "--skip-compile"], "collapse of tiny-conv"),
     "startup.py": (["--only", "help", "list-tasks", "--repeat", "1"], "exit 0   (ncbench list tasks)"),
 }
 
