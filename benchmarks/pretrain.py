@@ -81,14 +81,21 @@ MODELS = {"conv4": ("conv4", {}), "resnet12": ("resnet12", {}),
 
 
 def best_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Fastest of ``repeats`` timed calls of ``fn`` (after one untimed warm-up call)."""
+    """Fastest wall-clock time of ``repeats`` calls of ``fn`` (after one untimed warm-up call)."""
+    return best_times(fn, repeats)[0]
+
+
+def best_times(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """(fastest wall-clock seconds, fewest CPU seconds of this process, all threads) of ``repeats`` calls of
+    ``fn`` after one untimed warm-up call. On a busy machine the CPU time is the steadier figure."""
     fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return min(wall), min(cpu)
 
 
 def flops_of(fn: Callable[[], object]) -> int:
@@ -123,35 +130,39 @@ class Step:
         self.loss().backward()
 
 
-def conv_layers(model: torch.nn.Module, x: torch.Tensor) -> list[tuple[torch.nn.Conv2d, torch.Size]]:
-    """(conv layer, its input shape [B, C, H, W]) for every Conv2d call of one forward pass of x."""
-    seen: list[tuple[torch.nn.Conv2d, torch.Size]] = []
-    hooks = [m.register_forward_pre_hook(lambda m, inp: seen.append((m, inp[0].shape)))
+Layer = tuple[torch.nn.Conv2d, torch.Size, bool]
+
+
+def conv_layers(model: torch.nn.Module, x: torch.Tensor) -> list[Layer]:
+    """(conv layer, its input shape [B, C, H, W], whether training computes its input's gradient) for every
+    Conv2d call of one forward pass of x (the first layer's input, the images, needs none)."""
+    seen: list[Layer] = []
+    hooks = [m.register_forward_pre_hook(lambda m, inp: seen.append((m, inp[0].shape, inp[0].requires_grad)))
              for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    with torch.no_grad():
-        model(x)
+    model(x)
     for h in hooks:
         h.remove()
     return seen
 
 
-def conv_peak(layers: list[tuple[torch.nn.Conv2d, torch.Size]], batch: int, repeats: int) -> tuple[float, float]:
-    """(FLOP/s over all layers, best layer's FLOP/s) of each conv layer's forward + backward (input and
-    weight gradients) on a batch of ``batch`` images of its input shape [batch, C, H, W]: what this CPU
-    achieves on these convolutions when nothing else is in the way."""
-    total_flops, total_s, best = 0, 0.0, 0.0
-    for m, shape in layers:
-        xi = torch.randn(batch, *shape[1:], requires_grad=True)
+def conv_peak(layers: list[Layer], batch: int, repeats: int) -> tuple[float, float, float]:
+    """(FLOP/s over all layers, FLOP per CPU-second over all layers, best layer's FLOP/s) of each conv
+    layer's forward + backward (the gradients training computes) on a batch of ``batch`` images of its input
+    shape [batch, C, H, W]: what this CPU achieves on these convolutions with nothing else in the way."""
+    total_flops, total_s, total_cpu, best = 0, 0.0, 0.0, 0.0
+    for m, shape, input_grad in layers:
+        xi = torch.randn(batch, *shape[1:], requires_grad=input_grad)
         w = m.weight.detach().clone().requires_grad_(True)
+        grad_out = torch.ones_like(F.conv2d(xi.detach(), w.detach(), None, m.stride, m.padding, m.dilation, m.groups))
 
         def fwd_bwd() -> None:
-            out = F.conv2d(xi, w, None, m.stride, m.padding, m.dilation, m.groups)
-            out.backward(torch.ones_like(out))
+            F.conv2d(xi, w, None, m.stride, m.padding, m.dilation, m.groups).backward(grad_out)
 
         flops = flops_of(fwd_bwd)
-        seconds = best_seconds(fwd_bwd, repeats)
-        total_flops, total_s, best = total_flops + flops, total_s + seconds, max(best, flops / seconds)
-    return total_flops / total_s, best
+        seconds, cpu = best_times(fwd_bwd, repeats)
+        total_flops, total_s, total_cpu = total_flops + flops, total_s + seconds, total_cpu + cpu
+        best = max(best, flops / seconds)
+    return total_flops / total_s, total_flops / total_cpu, best
 
 
 def cpu_has_native_bf16() -> bool:
@@ -177,6 +188,10 @@ def _grads(step: Step) -> list[torch.Tensor]:
                                      for p in [*step.model.parameters(), *step.head.parameters()]]
 
 
+class _Skipped(Exception):
+    """An option the command line said not to try."""
+
+
 def efficiency(name: str, ds, images: np.ndarray, pp: dict, k: int, batch_size: int, steps: int, peak_batch: int,
                try_bf16: bool, try_compile: bool) -> None:
     """Print images/s and FLOP/s of a training step of zoo model ``name`` against the conv peak, then the
@@ -189,13 +204,15 @@ def efficiency(name: str, ds, images: np.ndarray, pp: dict, k: int, batch_size: 
     model = build()
     step = Step(model, k, x, y)
     flops = flops_of(step.forward_backward)
-    seconds = best_seconds(step, steps)
-    peak, best_layer = conv_peak(conv_layers(model, x), peak_batch, max(1, steps // 2))
+    seconds, cpu = best_times(step, steps)
+    peak, peak_cpu, best_layer = conv_peak(conv_layers(model, x), peak_batch, steps)
     print(f"\n{name}: batch {len(x)} of {ds.image_size[0]}x{ds.image_size[1]}x{ds.channels}, "
           f"{flops / 1e9:.2f} GFLOP per step (forward + backward)")
     print(f"  step        {len(x) / seconds:9.1f} img/s   {flops / seconds / 1e9:7.1f} GFLOP/s   "
           f"= {flops / seconds / peak:.2f} of the conv peak ({peak / 1e9:.1f} GFLOP/s over its conv layers at "
           f"batch {peak_batch}; best layer {best_layer / 1e9:.1f})")
+    print(f"  per CPU-second: step {flops / cpu / 1e9:.1f} GFLOP, conv peak {peak_cpu / 1e9:.1f}: "
+          f"{flops / cpu / peak_cpu:.2f} of the peak (steadier than wall time on a busy machine)")
 
     # channels-last: same weights, same batch; numerics compared on one forward + backward
     reference = _grads(Step(_copy(model, build), k, x, y))
@@ -206,7 +223,7 @@ def efficiency(name: str, ds, images: np.ndarray, pp: dict, k: int, batch_size: 
 
     try:  # torch.compile of the backbone (inductor: C++ code built with the system compiler)
         if not try_compile:
-            raise RuntimeError("skipped (--skip-compile)")
+            raise _Skipped
         c_step = Step(_copy(model, build), k, x, y)
         c_step.model = torch.compile(c_step.model)
         start = time.perf_counter()
@@ -214,6 +231,8 @@ def efficiency(name: str, ds, images: np.ndarray, pp: dict, k: int, batch_size: 
         first = time.perf_counter() - start
         print(f"  torch.compile        {seconds / best_seconds(c_step, steps):5.2f}x   ({same} loss and gradients; "
               f"first step {first:.0f} s, compiling)")
+    except _Skipped:
+        print("  torch.compile        skipped (--skip-compile)")
     except Exception as e:  # a missing or broken compiler toolchain, an unsupported op
         print(f"  torch.compile        failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}")
 
@@ -232,7 +251,7 @@ def efficiency(name: str, ds, images: np.ndarray, pp: dict, k: int, batch_size: 
     n = min(len(images), 2048)
     base_feats = extract(model, images[:n], pp, batch_size=256)
     base_s = best_seconds(lambda: extract(model, images[:n], pp, batch_size=256), max(1, steps // 2))
-    for bs in (1024, n):
+    for bs in sorted({min(1024, n), n} - {256}):
         feats = extract(model, images[:n], pp, batch_size=bs)
         ratio = base_s / best_seconds(lambda: extract(model, images[:n], pp, batch_size=bs), max(1, steps // 2))
         print(f"  extract batch {bs:<6} {ratio:5.2f}x   (against batch 256, {n} images; "
