@@ -20,7 +20,9 @@ Files in ``out_dir``: ``run.json`` (what the run is), ``resume/`` (last epoch st
 ``curve.csv`` (one row per epoch: lr, loss, running accuracy, and at tracked epochs the tracker's row:
 accuracy, CDNV, NC1–NC4 of source train/test features, effective depth), ``layer_curve.csv`` (long form:
 epoch, layer, variant, ncc_error, ncc_errors, n, cdnv per probed layer; see ``ncbench.layerwise``), then
-``model.safetensors`` and ``card.json`` (see ncbench.checkpoint).
+``model.safetensors`` and ``card.json`` (see ncbench.checkpoint). With ``$NCBENCH_TENSORBOARD`` set to a
+folder (and the ``ncbench[tensorboard]`` extra installed) the same curves are also logged live as TensorBoard
+scalars under ``<that folder>/<out_dir's name>/``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +62,7 @@ RESUME_DIR = "resume"
 CURVE_FILE = "curve.csv"
 LAYER_CURVE_FILE = "layer_curve.csv"
 LOOP_COLUMNS = ("epoch", "lr", "loss", "running_acc")  # curve.csv columns of every epoch; a tracker adds the rest
+TENSORBOARD_ENV = "NCBENCH_TENSORBOARD"  # a folder: also log the curves there as TensorBoard scalars
 
 
 def simplex_etf(num_classes: int, dim: int, generator: torch.Generator) -> torch.Tensor:
@@ -223,6 +227,39 @@ def _write_curves(out_dir: Path, records: list[dict]) -> None:
         atomic_write(out_dir / LAYER_CURVE_FILE, _csv_bytes(layers, ["epoch", "layer", "variant", "ncc_error", "ncc_errors", "n", "cdnv"]))
 
 
+class _TensorBoard:
+    """The curve records as TensorBoard scalars under ``$NCBENCH_TENSORBOARD/<out_dir's name>/`` when that
+    variable is set (``pretrain/<column>`` per epoch, ``layers/<layer>/<variant>/<ncc_error|cdnv>`` at tracked
+    epochs), else nothing. Logging only: curve.csv stays the record."""
+
+    def __init__(self, out_dir: Path):
+        root = os.environ.get(TENSORBOARD_ENV)
+        self.writer = None
+        if root:
+            try:
+                from torch.utils.tensorboard import SummaryWriter  # optional: the tensorboard extra
+            except ImportError:
+                raise ValueError(f"${TENSORBOARD_ENV} is set ({root}) but TensorBoard is not installed: "
+                                 "pip install 'ncbench[tensorboard]'") from None
+            self.writer = SummaryWriter(log_dir=str(Path(root) / out_dir.name))
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
+        step = record["epoch"]
+        scalars = {f"pretrain/{k}": v for k, v in record.items() if k not in ("epoch", "layers")}
+        for layer in record.get("layers", []):
+            scalars.update({f"layers/{layer['layer']}/{layer['variant']}/{k}": layer.get(k) for k in ("ncc_error", "cdnv")})
+        for tag, v in scalars.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v):
+                self.writer.add_scalar(tag, v, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 def _check_same_run(out_dir: Path, identity: dict) -> None:
     run_file = out_dir / RUN_FILE
     if not run_file.is_file():
@@ -368,11 +405,13 @@ def _train(run: _Run, out_dir: Path, seed: int, tracker: Tracker | None) -> tupl
         params = [p for p in (*model.parameters(), *head.parameters()) if p.requires_grad]
         opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
         start, records = resume.load(model, head, opt)
+        board = _TensorBoard(out_dir) if where.is_main else None
         if start:
             logger.info("resuming %s from epoch %d of %d", out_dir, start, config.epochs)
         elif track is not None:
             row, layer_rows = track(model, head, train, run.test, run.preprocessing)
             records.append({"epoch": 0, **row, "layers": layer_rows})
+            board.log(records[-1])
         net = _parallel(_Net(model, head), run.backbone)
         bar = tqdm(range(start, config.epochs), initial=start, total=config.epochs, desc=f"pretrain {run.backbone}",
                    unit="epoch", disable=None if where.is_main else True)
@@ -394,6 +433,9 @@ def _train(run: _Run, out_dir: Path, seed: int, tracker: Tracker | None) -> tupl
             records.append(record)
             resume.save(epoch + 1, model, head, opt, records)
             _write_curves(out_dir, records)
+            board.log(record)
+        if board is not None:
+            board.close()
     return model, head, records
 
 
