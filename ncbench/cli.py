@@ -378,7 +378,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         results=Path(args.results), leaderboards=Path(args.leaderboards), out=Path(args.out),
         checkpoints=Path(args.checkpoints) if args.checkpoints else None, data_root=args.data_root,
         models=args.model, source_classes=args.source_classes, seeds=args.seeds,
-        units=None if args.all else (args.units or 3), sample_seed=args.seed, fresh=not args.no_fresh,
+        units=None if args.all else (3 if args.units is None else args.units), sample_seed=args.seed,
+        fresh=not args.no_fresh,
         fresh_seed=args.fresh_seed, pretrain_missing=args.pretrain_missing,
         threads=args.threads or verify.env_threads(), isolate=False if args.trust_backbone else None,
         timeout_s=args.timeout_s, memory_gb=args.memory_gb)
