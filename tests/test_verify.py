@@ -222,3 +222,15 @@ def test_bad_input_is_one_line_and_exit_2(setup, tmp_path, capsys, argv, word):
     assert main(base + argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and word in err
+
+
+def test_pretrain_missing_rebuilds_the_checkpoint_bit_identically(setup, tmp_path, monkeypatch):
+    """Pretraining is deterministic on one machine and thread count: the re-pretrained checkpoint is the claimed
+    one (same sha256) and every row is bit-identical."""
+    root, task = setup
+    root = copy_of(root, tmp_path)
+    shutil.rmtree(root / "runs")
+    monkeypatch.setenv("NCBENCH_THREADS", "1")
+    rows = verify.verify_task(task, options(root, models=["tiny-conv"], fresh=False, pretrain_missing=True))
+    assert rows["verdict"].eq("verified").all() and rows["identical"].all() and rows["checkpoint_match"].all()
+    assert any((root / "runs" / "checkpoints").glob("tiny-conv.glyphs-s4-seed0-*/card.json"))
