@@ -66,7 +66,7 @@ from ncbench.registry import DATASETS
 from ncbench.results import EpisodeScore, Result, Status, iter_results
 from ncbench.run import pretrain_unit, scored_result, unit_classifier, unit_features
 from ncbench.runtime import DEFAULT_MEMORY_GB, DEFAULT_TIMEOUT_S, git_commit, set_threads
-from ncbench.tasks import Task, with_overrides
+from ncbench.tasks import Task, TaskError, with_overrides
 from ncbench.unit import RunOptions, Unit, checkpoint_dir, unit_data
 
 log = logging.getLogger(__name__)
@@ -177,7 +177,11 @@ def fresh_task(task: Task, seed: int) -> Task | None:
     opt = fresh_option(task)
     if opt is None:
         return None
-    return with_overrides(task, {opt[0]: int(seed), "metrics": [m for m in task.metrics if not uses("layer", [m])]})
+    try:
+        return with_overrides(task, {opt[0]: int(seed), "metrics": [m for m in task.metrics if not uses("layer", [m])]})
+    except TaskError as e:  # e.g. a dataset given by name only, without an options mapping to set
+        log.warning("task %s: no fresh-seed check (%s)", task.name, "; ".join(e.problems))
+        return None
 
 
 def memorised_threshold(claimed_ci: float | None, fresh_ci: float | None) -> float:
@@ -466,12 +470,18 @@ def sample(items: list, n: int | None, seed: int) -> list:
 def verify_task(task: Task, opts: VerifyOptions, canon: Any = None) -> pd.DataFrame:
     """Verify a sample of ``task``'s finished units (module docstring); returns their verification rows
     (:func:`to_frame`), not yet written."""
+    if opts.checkpoints is not None and not Path(opts.checkpoints).is_dir():
+        raise VerifyError(f"--checkpoints: {opts.checkpoints} is not a folder")
+    public = (task.dataset_options if task.target is None else task.target.dataset_options).get("seed", 0)
+    if opts.fresh_seed is not None and opts.fresh_seed == public:
+        raise VerifyError(f"--fresh-seed: {opts.fresh_seed} is the seed of the public render; give another")
     chosen = sample(candidates(task, opts, canon), opts.units, opts.sample_seed)
     if not chosen:
         raise VerifyError(f"task {task.name!r}: no finished result under {opts.results} matches the filters "
                           f"(--model {opts.models or 'any'}, --source-classes {opts.source_classes or 'any'}, "
                           f"--seeds {opts.seeds or 'any'})")
     fresh_seed = opts.fresh_seed if opts.fresh_seed is not None else secrets.randbelow(2**31 - 1) + 1
+    fresh_seed = fresh_seed + 1 if fresh_seed == public else fresh_seed  # never the public render
     fresh = fresh_task(task, fresh_seed) if opts.fresh else None
     if opts.fresh and fresh is None:
         log.info("task %s: dataset %r cannot render fresh data; no fresh-seed check", task.name, task.dataset)

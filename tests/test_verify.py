@@ -205,6 +205,7 @@ def _task_file(root, task):
 def test_units_without_a_checkpoint_are_unverifiable(setup, tmp_path):
     root, task = setup
     root = copy_of(root, tmp_path)
+    (tmp_path / "none").mkdir()
     rows = verify.verify_task(task, options(root, models=["tiny-conv"], checkpoints=tmp_path / "none", fresh=False))
     assert rows["verdict"].eq("unverifiable").all() and rows["note"].str.contains("no checkpoint").all()
     assert rows["reproduced_acc"].isna().all()
@@ -214,7 +215,9 @@ def test_units_without_a_checkpoint_are_unverifiable(setup, tmp_path):
 
 
 @pytest.mark.parametrize("argv, word", [(["--units", "0"], "--units"), (["--units", "2", "--all"], "--all"),
-                                        (["--model", "Bad/Name"], "--model"), (["--model", "nobody"], "no finished")])
+                                        (["--model", "Bad/Name"], "--model"), (["--model", "nobody"], "no finished"),
+                                        (["--checkpoints", "/nonexistent"], "--checkpoints"),
+                                        (["--fresh-seed", "0"], "--fresh-seed")])
 def test_bad_input_is_one_line_and_exit_2(setup, tmp_path, capsys, argv, word):
     root, task = setup
     base = ["verify", str(_task_file(root, task)), "--results", str(root / "results"), "--leaderboards",
