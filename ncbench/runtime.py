@@ -27,6 +27,12 @@ DEFAULT_TIMEOUT_S = 7200.0
 DEFAULT_MEMORY_GB = 16.0
 
 
+def default_cache_dir() -> Path:
+    """Where renders, extracted archives and the registry catalogue are cached: ``$NCBENCH_CACHE`` or
+    ``~/.cache/ncbench``."""
+    return Path(os.environ.get("NCBENCH_CACHE") or Path.home() / ".cache" / "ncbench")
+
+
 # OpenMP's wait policy when the user chose none (docs/scaling.md, "Threads and shared machines"): an idle
 # thread of torch's OpenMP pool (GNU libgomp) sleeps at once instead of spinning for a core it may not get
 WAIT_POLICY_ENV, SPINCOUNT_ENV = "OMP_WAIT_POLICY", "GOMP_SPINCOUNT"

@@ -15,13 +15,14 @@ FLOW = (
               "ncbench.stats", "ncbench.distributed")),
     ("data", ("ncbench.data", "ncbench.episodes")),
     ("backbones", ("ncbench.backbones", "ncbench.checkpoint")),
-    ("pretrain", ("ncbench.pretrain",)),
+    ("pretrain", ("ncbench.recipe", "ncbench.pretrain")),
     ("features", ("ncbench.features",)),
     ("heads/metrics", ("ncbench.heads", "ncbench.metrics", "ncbench.layerwise", "ncbench.tracking", "ncbench.ufm")),
     ("results", ("ncbench.results",)),
     ("pipeline", ("ncbench.taskfiles", "ncbench.tasks", "ncbench.unit", "ncbench.sandbox", "ncbench.run",
                   "ncbench.executor")),
-    ("leaderboards", ("ncbench.ranking", "ncbench.analysis", "ncbench.leaderboard", "ncbench.compare", "ncbench.report")),
+    ("leaderboards", ("ncbench.verify", "ncbench.ranking", "ncbench.analysis", "ncbench.leaderboard", "ncbench.compare",
+                      "ncbench.report")),
     ("cli", ("ncbench.api", "ncbench.submit", "ncbench.cli", "ncbench.__main__")),
 )
 
