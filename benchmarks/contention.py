@@ -100,18 +100,23 @@ def main() -> None:
                         s.join()
             (alone, alone_cpu, c1), (busy, busy_cpu, c2) = runs
             failed = "" if c1 == c2 == 0 else f"   FAILED (exit codes {c1}, {c2}; -1: timeout)"
-            ratios[mode] = busy / alone
+            # a run that timed out took longer than its time: its figures are lower bounds (">")
+            at_least = lambda code: ">" if code == -1 else " "
             times[mode] = (alone, busy)
-            print(f"{mode:8s} {' '.join(f'{k}={v}' for k, v in MODES[mode].items()):24s} alone {alone:7.1f} s "
-                  f"(cpu {alone_cpu:6.1f} s)   loaded {busy:7.1f} s (cpu {busy_cpu:6.1f} s)   "
-                  f"slowdown {ratios[mode]:5.2f}x{failed}")
+            ratio = "n/a (a run timed out)" if -1 in (c1, c2) else f"{busy / alone:5.2f}x"
+            if -1 not in (c1, c2):
+                ratios[mode] = busy / alone
+            print(f"{mode:8s} {' '.join(f'{k}={v}' for k, v in MODES[mode].items()):24s} alone {at_least(c1)}{alone:7.1f} s "
+                  f"(cpu {alone_cpu:6.1f} s)   loaded {at_least(c2)}{busy:7.1f} s (cpu {busy_cpu:6.1f} s)   "
+                  f"slowdown {ratio}{failed}")
     if "passive" in ratios:
         verdict = "within" if ratios["passive"] <= TARGET else "above"
         print(f"passive slowdown {ratios['passive']:.2f}x: {verdict} the {TARGET}x target")
         (alone, busy) = times["passive"]
-        for mode in [m for m in ratios if m != "passive"]:
+        for mode in [m for m in times if m != "passive"]:
+            bound = "" if mode in ratios else " at most (a run timed out)"
             print(f"passive against {mode}: alone {alone / times[mode][0]:.2f}x the time (the passive policy's "
-                  f"cost on an idle machine), loaded {busy / times[mode][1]:.2f}x the time")
+                  f"cost on an idle machine), loaded {busy / times[mode][1]:.2f}x the time{bound}")
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end")
 
 
