@@ -360,13 +360,16 @@ class LogisticHead(Head):
     def _basis(self, support_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
         """support_x: [E, n, m] -> (z [E, n, r], map back, is_cholesky). When n < m: ``z = L``, the Cholesky factor
         of the gram ``X X^T = L L^T``, so the orthonormal basis ``Q = X^T L^-T`` ([E, m, n]) of the row space is
-        never formed: a weight ``v^T Q^T = (L^-T v)^T X``. Episodes whose gram is singular to working precision
-        (repeated features) fall back to the QR of ``X^T``. When n >= m: z = X."""
+        never formed: a weight ``v^T Q^T = (L^-T v)^T X``. A chunk where some gram is nearly singular (a pivot
+        ``L_ii^2 < 1e-6 max_i G_ii``, e.g. repeated features: ``L^-1`` would amplify rounding) uses the QR of
+        ``X^T`` instead. When n >= m: z = X."""
         E, n, m = support_x.shape
         if n >= m:
             return support_x, None, False
-        chol, info = torch.linalg.cholesky_ex(torch.bmm(support_x, support_x.transpose(1, 2)))
-        if not info.any():
+        gram = torch.bmm(support_x, support_x.transpose(1, 2))
+        chol, info = torch.linalg.cholesky_ex(gram)
+        pivots = chol.diagonal(dim1=1, dim2=2)
+        if not info.any() and bool((pivots.amin(1) ** 2 > 1e-6 * gram.diagonal(dim1=1, dim2=2).amax(1)).all()):
             return chol, chol, True
         basis = torch.linalg.qr(support_x.transpose(1, 2))[0]                                # [E, m, n]
         return support_x @ basis, basis, False
