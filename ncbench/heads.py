@@ -28,9 +28,11 @@ options of one NCC head, not separate heads. ``ncc-cl2n`` is kept as an alias of
 Fits are computed in float64 (the inputs may be any float dtype) and checked against sklearn's float64
 solutions. The ridge dual form centres the n x n gram rather than X (no centred copy of the support set);
 its rounding grows like (|common mean| / spread)^2 * 1e-16, about 1e-11 for an offset 100 x the spread.
-In :func:`episode_accuracy`, float32 features given to a head on raw features (ridge, plain NCC) have their
-queries scored in float32 with a proven error bound, and rescored in float64 where the bound does not
-separate the top class (:func:`_certified_argmax`): the predictions are those of the float64 scores.
+In :func:`episode_accuracy` the head's (row-wise) transform is applied once to the N feature rows, supports are
+solved in float64, and queries are scored in float32 (the features themselves when they are float32 and the head
+uses raw features, else the float32 rounding of the transformed float64 rows) with a proven error bound, and
+rescored in float64 where the bound does not separate the top class (:func:`_certified_argmax`): the
+predictions are those of the float64 scores.
 """
 
 from __future__ import annotations
@@ -134,7 +136,8 @@ class Head:
     classes_: np.ndarray
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [..., m] float64 -> [..., m] float64; identity unless the head normalises features."""
+        """x: [..., m] float64 -> [..., m] float64; identity unless the head normalises features. Must map each row
+        on its own: :func:`episode_accuracy` applies it once to all N feature rows."""
         return x
 
     def solve(self, support_x: torch.Tensor, onehot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
