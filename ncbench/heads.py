@@ -52,9 +52,9 @@ from ncbench.registry import HEADS
 log = logging.getLogger(__name__)
 
 #: working memory of one chunk of episodes in :func:`episode_accuracy` when ``chunk_size`` is not given:
-#: a share of a last-level cache; chunks of about 16-64 five-way 640-d episodes measured fastest (per-chunk op
+#: a share of a last-level cache; chunks of about 32-64 five-way 640-d episodes measured fastest (per-chunk op
 #: launches against cache misses)
-CHUNK_BUDGET_BYTES = 16 * 2**20
+CHUNK_BUDGET_BYTES = 32 * 2**20
 _F64 = 8
 
 
@@ -415,6 +415,7 @@ class LogisticHead(Head):
         v = z.new_zeros(E, r1, ways)
         f = objective(v)
         factors = None   # the last Hessian's factors, kept once the iterates are close (quadratic regime)
+        first = True
         for _ in range(self.max_iter):
             p = torch.softmax(z @ v, dim=-1)                                         # [E, n, W]
             grad = c * z.transpose(1, 2) @ (p - onehot) + pen_col * v                # [E, r1, W]
@@ -430,13 +431,21 @@ class LogisticHead(Head):
             # Woodbury with the Cholesky factors L_k of the W blocks r1 x r1 and an (n + 1) x (n + 1) system;
             # X = L_k^-1 [p_k z, u_k] [E, W, r1, n + 1], and one product over the stacked blocks gives
             # [Q u]^T M^-1 [Q u]
-            zp = z.transpose(1, 2)[:, None] * p.transpose(1, 2)[:, :, None, :]          # [E, W, r1, n]: p_ik z_i
-            blocks = torch.matmul(zp, z[:, None]).mul_(c)                               # [E, W, r1, r1]
+            # at v = 0 (the first step) p = 1/W for every class: the W blocks and their X are equal, one is formed
+            k = 1 if first else ways
+            pk = p.transpose(1, 2)[:, :k, None, :]                                       # [E, k, 1, n]
+            zp = z.transpose(1, 2)[:, None] * pk                                         # [E, k, r1, n]: p_ik z_i
+            blocks = torch.matmul(zp, z[:, None]).mul_(c)                               # [E, k, r1, r1]
             blocks.diagonal(dim1=2, dim2=3).add_(pen)
             chol = torch.linalg.cholesky(blocks)
-            xu = torch.linalg.solve_triangular(chol, torch.cat([zp, null], 3), upper=False)
-            xu = xu.reshape(E, ways * r1, n + 1)
+            xu = torch.linalg.solve_triangular(chol, torch.cat([zp, null[:, :k]], 3), upper=False)
+            xu = xu.reshape(E, k * r1, n + 1)
             inner = torch.bmm(xu.transpose(1, 2), xu)                                    # [E, n+1, n+1]
+            if first:
+                inner *= ways
+                chol = chol.expand(E, ways, r1, r1)
+                xu = xu[:, None].expand(E, ways, r1, n + 1).reshape(E, ways * r1, n + 1)
+                first = False
             inner.diagonal(dim1=1, dim2=2).add_(inner_diag)
             factors = chol, xu, torch.linalg.lu_factor(inner)
             step = newton_step(grad, *factors)
