@@ -151,7 +151,7 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     try:
-        import easyfsl.methods as fsl
+        import easyfsl.methods as fsl  # lazy: optional, the bench extra
     except ImportError:
         fsl = None
 
