@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import ncbench.metrics as M
-from ncbench.metrics import kernels
+from ncbench.metrics import kernels, streaming
 from ncbench.registry import METRICS
 
 RTOL = 1e-9
@@ -316,6 +316,38 @@ def test_float32_tight_classes_keep_their_variance():
         stats.update(F[part], y[part])
     assert close(stats.compute()["cdnv"], want)
     assert close(stats.compute()["nc1"], bf_nc1(exact, y))  # Σ_W from the merged scatter
+
+
+@pytest.mark.parametrize("cancellation", [streaming.CANCELLATION, 2.0], ids=["default", "always-recompute"])
+def test_a_class_far_from_its_reference_keeps_the_variance_exact(monkeypatch, cancellation):
+    """A batch is shifted per class by the running class mean (or, for a new class, its first sample);
+    a class that drifts by 1e6 standard deviations between batches, or whose first sample is an outlier,
+    keeps its exact variance. With ``CANCELLATION`` = 2 every class takes the two-pass recomputation."""
+    monkeypatch.setattr(streaming, "CANCELLATION", cancellation)
+    rng = np.random.default_rng(12)
+    K, m, n = 3, 5, 40
+    y = np.tile(np.arange(K), n)
+    F = 100.0 * y[:, None] + 1e-3 * rng.standard_normal((K * n, m))
+    F[len(y) // 2:][y[len(y) // 2:] == 0] += 1e3  # class 0 jumps half-way
+    F[1] -= 50.0  # class 1's first sample, its reference, is an outlier
+    for data in (F, F.astype(np.float32)):
+        exact = data.astype(np.float64)
+        want = [np.mean(np.sum((exact[y == k] - exact[y == k].mean(0)) ** 2, axis=1)) for k in range(K)]
+        stats = M.ClassStatistics(within_scatter=False)
+        for part in np.array_split(np.arange(len(y)), 2):
+            stats.update(data[part], y[part])
+        np.testing.assert_allclose(stats.variances().numpy(), want, rtol=RTOL)
+        assert close(stats.compute()["cdnv"], bf_cdnv(exact, y))
+        assert close(M.cdnv(data, y), bf_cdnv(exact, y))
+
+
+def test_nan_features_are_named():
+    F, y = make_data(3, 4, [5, 5, 5], seed=13)
+    F[4, 2] = np.nan
+    with pytest.raises(ValueError, match="train_features contains NaN or inf"):
+        M.ncc_accuracy(F, y, F, y)
+    with pytest.raises(ValueError, match="features contains NaN or inf"):
+        M.ClassStatistics(within_scatter=False).update(F, y)
 
 
 # ------------------------------------------------------------------------------------ streaming

@@ -42,11 +42,12 @@ from ncbench.metrics.streaming import ClassStatistics, ReferencedStatistics
 
 def _class_statistics(features, labels, names: tuple[str, str] = ("features", "labels")) -> ClassStatistics:
     """Pass 1 over ``features: [N, m]`` with ``labels: [N]`` (validated under the caller's argument names)."""
-    f = as_features(features, names[0])
+    f = as_features(features, names[0], check_finite=False)  # the pass itself finds NaN / inf
     y = as_labels(labels, f.shape[0], compute_device(f), names[1])
-    classes, _ = encode_labels(y, names[1])
+    classes, codes = encode_labels(y, names[1])
     stats = ClassStatistics(classes, within_scatter=False)
-    stats.update(f, y)
+    stats._check_width(f, compute_device(f))
+    stats._update_codes(f, codes, names[0])
     return stats
 
 

@@ -39,11 +39,12 @@ def _as_tensor(x, name: str) -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(arr))
 
 
-def as_features(features, name: str = "features") -> torch.Tensor:
+def as_features(features, name: str = "features", check_finite: bool = True) -> torch.Tensor:
     """Validate ``features: [N, m]`` real (torch or numpy, any float dtype); returned in its own dtype.
 
     Float64 conversion happens per row chunk (:func:`row_chunks`), so a float32 input is never copied
-    whole. NaN/inf values raise ``ValueError``.
+    whole. NaN/inf values raise ``ValueError`` (``check_finite=False`` skips that read of the whole
+    input, for callers that find non-finite values in their own results and then call this again).
     """
     f = _as_tensor(features, name)
     if f.is_complex() or f.dtype == torch.bool:
@@ -53,7 +54,7 @@ def as_features(features, name: str = "features") -> torch.Tensor:
     if f.shape[0] == 0 or f.shape[1] == 0:
         raise ValueError(f"{name} must have at least one sample and one dimension, got shape {tuple(f.shape)}")
     # one reduction: finite unless a NaN/inf is present or the sum overflows (then look element-wise)
-    if f.is_floating_point() and not bool(torch.isfinite(f.sum())) and not bool(torch.isfinite(f).all()):
+    if check_finite and f.is_floating_point() and not bool(torch.isfinite(f.sum())) and not bool(torch.isfinite(f).all()):
         raise ValueError(f"{name} contains NaN or inf values")
     return f
 
@@ -78,9 +79,17 @@ def compute_device(features: torch.Tensor) -> torch.device:
 def encode_labels(labels: torch.Tensor, name: str = "labels") -> tuple[torch.Tensor, torch.Tensor]:
     """``labels: [N]`` int64 -> (``classes: [K]`` sorted unique values, ``codes: [N]`` in 0..K-1).
 
+    Labels spanning a range of at most 4N + 1024 values are encoded by counting (O(N), no sort).
     Raises ``ValueError`` for fewer than 2 classes.
     """
-    classes, codes = torch.unique(labels, sorted=True, return_inverse=True)
+    low = int(labels.min()) if labels.numel() else 0
+    span = int(labels.max()) - low + 1 if labels.numel() else 0
+    if 0 < span <= 4 * labels.numel() + 1024:
+        present = torch.bincount(labels - low, minlength=span) > 0
+        classes = present.nonzero().squeeze(1) + low
+        codes = (torch.cumsum(present, 0) - 1)[labels - low]
+    else:
+        classes, codes = torch.unique(labels, sorted=True, return_inverse=True)
     if classes.numel() < 2:
         raise ValueError(f"{name} must contain at least 2 classes, got {classes.tolist()}")
     return classes, codes
@@ -123,6 +132,28 @@ def row_chunks(features: torch.Tensor, width: int, device: torch.device) -> Iter
     for start in range(0, n, step):
         rows = slice(start, min(n, start + step))
         yield rows, features[rows].to(device=device, dtype=DTYPE)
+
+
+SHIFT_CHUNK_ELEMENTS = 1 << 16  # float64 values of the reused [rows, m] buffer of shifted_chunks (512 KiB: in L2)
+
+
+def shifted_chunks(features: torch.Tensor, codes: torch.Tensor,
+                   reference: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Yield ``(rows, x)`` with ``x: [rows, m]`` float64 = features[rows] − reference[codes[rows]].
+
+    ``features: [N, m]`` any float dtype, ``codes: [N]`` in 0..K−1 and ``reference: [K, m]`` float64 on
+    the compute device. The conversion and the subtraction write one reused cache-sized buffer: ``x`` is
+    overwritten by the next step, so consume it before asking for the next chunk.
+    """
+    n, dim = features.shape
+    step = max(1, min(n, SHIFT_CHUNK_ELEMENTS // max(dim, 1)))
+    buffer = torch.empty(step, dim, dtype=DTYPE, device=reference.device)
+    for start in range(0, n, step):
+        rows = slice(start, min(n, start + step))
+        x = buffer[: rows.stop - start]
+        torch.index_select(reference, 0, codes[rows], out=x)
+        torch.sub(features[rows].to(device=reference.device), x, out=x)
+        yield rows, x
 
 
 # ------------------------------------------------------------------------------- class statistics

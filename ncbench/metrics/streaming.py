@@ -41,7 +41,10 @@ from ncbench.metrics.kernels import (
     nc3_value,
     nearest_mean,
     row_chunks,
+    shifted_chunks,
 )
+
+CANCELLATION = 1e-2  # recompute a class exactly when Σ‖x‖² − n‖x̄‖² keeps less than this share of Σ‖x‖²
 
 
 class ClassStatistics:
@@ -59,37 +62,78 @@ class ClassStatistics:
         self._classes = None
         if classes is not None:
             self._classes = torch.unique(as_labels(classes, len(classes), torch.device("cpu"), "classes"))
-        self._counts = self._means = self._sq = self._scatter = self._shift = None
+        self._counts = self._means = self._sq = self._scatter = None
 
     # -------------------------------------------------------------------------------- update
     def update(self, features, labels) -> None:
-        """Add one batch: ``features: [n, m]`` (torch/numpy, any float dtype), ``labels: [n]`` integers."""
-        f = as_features(features)
+        """Add one batch: ``features: [n, m]`` (torch/numpy, any float dtype), ``labels: [n]`` integers.
+
+        One pass over the batch without the ``[m, m]`` scatter: per chunk of rows (a cache-sized float64
+        buffer), the deviations x = f − r_y from a per-class reference r (the running class mean, or for a
+        class new in this batch its first sample) give the class sums Σx and Σ‖x‖²; the batch's squared
+        deviations from its own mean are Σ‖x‖² − n‖Σx/n‖², which loses little because r is close to the
+        mean: a sample of the class bounds the cancellation by n + 1 (‖r − x̄‖² ≤ Σ‖f − x̄‖²), and a running
+        mean far from the batch's (a drifting class) adds a between-batch term at least as large as what
+        cancels. A class where the difference keeps less than :data:`CANCELLATION` of Σ‖x‖² is still
+        recomputed from its rows with exact two-pass deviations (insurance; random data never needs it). With the
+        scatter, a second pass takes the deviations from the batch means (needed for Σ_W anyway).
+        """
+        f = as_features(features, check_finite=False)  # NaN / inf are caught in the batch statistics below
         device = compute_device(f)
         y = as_labels(labels, f.shape[0], device)
+        self._check_width(f, device)
+        self._update_codes(f, self._codes(y.to(self._means.device)))
+
+    def _check_width(self, f: torch.Tensor, device: torch.device) -> None:
         if self._means is None:
             self._allocate(f.shape[1], device)
         elif f.shape[1] != self._means.shape[1]:
             raise ValueError(f"features have {f.shape[1]} columns but earlier batches had {self._means.shape[1]}")
-        codes = self._codes(y.to(self._means.device))
-        k, device = self._classes.numel(), self._means.device
-        # the batch's own two-pass statistics (relative to the first sample seen: no large offsets) ...
+
+    def _update_codes(self, f: torch.Tensor, codes: torch.Tensor, name: str = "features") -> None:
+        """:meth:`update` with validated ``f: [n, m]`` and ``codes: [n]`` (indices into ``self._classes``);
+        ``name`` names ``f`` in the error for NaN / inf values."""
+        k, dim, device = self._classes.numel(), f.shape[1], self._means.device
         counts = torch.bincount(codes, minlength=k).to(DTYPE)
-        sums = torch.zeros(k, f.shape[1], dtype=DTYPE, device=device)
-        for rows, chunk in row_chunks(f, f.shape[1], device):
-            if self._shift is None:
-                self._shift = chunk[0].clone()
-            sums.index_add_(0, codes[rows], chunk - self._shift)
-        means = sums / counts.clamp(min=1)[:, None]
-        sq = torch.zeros(k, dtype=DTYPE, device=device)
-        scatter = None if self._scatter is None else torch.zeros_like(self._scatter)
-        for rows, chunk in row_chunks(f, f.shape[1], device):
-            dev = deviations(chunk - self._shift, codes[rows], means)
-            if scatter is not None:
+        # per-class reference: the running mean, or the first sample of a class new in this batch
+        ref = self._means.clone()
+        new = (self._counts == 0) & (counts > 0)
+        if bool(new.any()):
+            first = torch.full((k,), f.shape[0], dtype=torch.int64, device=device)
+            first.scatter_reduce_(0, codes, torch.arange(f.shape[0], device=device), "amin")
+            ref[new] = f[first[new].to(f.device)].to(device=device, dtype=DTYPE)
+        one_pass = self._scatter is None
+        sums = torch.zeros(k, dim, dtype=DTYPE, device=device)  # Σx per class
+        raw_sq = torch.zeros(k, dtype=DTYPE, device=device)  # Σ‖x‖² per class
+        for rows, x in shifted_chunks(f, codes, ref):
+            sums.index_add_(0, codes[rows], x)
+            if one_pass:
+                raw_sq.index_add_(0, codes[rows], torch.linalg.vecdot(x, x))
+        shift = sums / counts.clamp(min=1)[:, None]  # batch mean − reference
+        scatter = None
+        if one_pass:
+            sq = raw_sq - counts * shift.square().sum(1)
+            if not (bool(torch.isfinite(sq).all()) and bool(torch.isfinite(sums).all())):
+                as_features(f, name)  # names NaN / inf inputs; otherwise an overflow
+                raise ValueError("features overflow float64 in the class statistics")
+            redo = (counts > 0) & ~(sq >= CANCELLATION * raw_sq)
+            if bool(redo.any()):  # exact two-pass deviations for the few classes that cancelled
+                rows = redo[codes].nonzero().squeeze(1)
+                sub_codes = codes[rows]
+                sub = f[rows.to(f.device)].to(device=device, dtype=DTYPE)
+                dev = deviations(sub, sub_codes, ref + shift)
+                sq[redo] = torch.zeros(k, dtype=DTYPE, device=device).index_add_(
+                    0, sub_codes, torch.linalg.vecdot(dev, dev))[redo]
+        else:
+            if not bool(torch.isfinite(sums).all()):
+                as_features(f, name)
+                raise ValueError("features overflow float64 in the class statistics")
+            sq = torch.zeros(k, dtype=DTYPE, device=device)
+            scatter = torch.zeros_like(self._scatter)
+            for rows, dev in shifted_chunks(f, codes, ref + shift):
                 scatter += dev.T @ dev
-            sq.index_add_(0, codes[rows], dev.square_().sum(1))
-        # ... merged into the running ones
-        self._merge(counts, means, sq, scatter)
+                sq.index_add_(0, codes[rows], torch.linalg.vecdot(dev, dev))
+        self._merge(counts, ref, shift, sq, scatter)
 
     def _allocate(self, dim: int, device: torch.device) -> None:
         if self._classes is None:  # discovered as they come
@@ -116,18 +160,20 @@ class ClassStatistics:
             self._classes = merged
         return torch.searchsorted(self._classes, labels)
 
-    def _merge(self, b_counts: torch.Tensor, b_means: torch.Tensor, b_sq: torch.Tensor,
+    def _merge(self, b_counts: torch.Tensor, ref: torch.Tensor, b_shift: torch.Tensor, b_sq: torch.Tensor,
                b_scatter: torch.Tensor | None) -> None:
-        """Chan et al. pairwise merge of a batch's class statistics (``b_means`` relative to the shift)."""
+        """Chan et al. pairwise merge of a batch's class statistics: ``b_counts: [K]``, batch means
+        ``ref + b_shift`` (``[K, m]`` each; ``ref`` is the running mean of every class seen before, so the
+        difference of the two means is ``b_shift`` itself, without rounding), ``b_sq: [K]`` squared
+        deviations from the batch means, ``b_scatter: [m, m]`` or None."""
         total = self._counts + b_counts
-        share = b_counts / total.clamp(min=1)  # weight of the batch in the merged mean
-        delta = b_means - self._means
+        share = b_counts / total.clamp(min=1)  # weight of the batch in the merged mean (1 for a new class)
         cross = self._counts * share  # n_a n_b / (n_a + n_b)
-        self._means += delta * share[:, None]
-        self._sq += b_sq + cross * delta.square().sum(1)
+        self._means = ref + b_shift * share[:, None]
+        self._sq += b_sq + cross * b_shift.square().sum(1)
         if b_scatter is not None:
             both = cross > 0
-            d = delta[both]
+            d = b_shift[both]
             self._scatter += b_scatter + (d * cross[both, None]).T @ d
         self._counts = total
 
@@ -148,7 +194,7 @@ class ClassStatistics:
     def means(self) -> torch.Tensor:
         """``[K, m]`` float64 class means (rows in sorted class order)."""
         self._check_ready()
-        return self._means + self._shift
+        return self._means
 
     def _check_ready(self) -> None:
         if self._means is None:
@@ -198,7 +244,7 @@ class ClassStatistics:
         """Forget all batches (classes given at construction are kept)."""
         if not self._fixed:
             self._classes = None
-        self._counts = self._means = self._sq = self._scatter = self._shift = None
+        self._counts = self._means = self._sq = self._scatter = None
 
 
 class ReferencedStatistics:
