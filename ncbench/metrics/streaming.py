@@ -149,8 +149,12 @@ class ClassStatistics:
     def _codes(self, labels: torch.Tensor) -> torch.Tensor:
         if self._fixed:
             return codes_in(self._classes, labels, "labels")
-        merged = torch.unique(torch.cat([self._classes, labels]))
-        if merged.numel() != self._classes.numel():  # new classes: re-index the per-class rows
+        self._grow(torch.unique(torch.cat([self._classes, labels])))
+        return torch.searchsorted(self._classes, labels)
+
+    def _grow(self, merged: torch.Tensor) -> None:
+        """Re-index the per-class rows to ``merged: [K']``, sorted classes that include the current ones."""
+        if merged.numel() != self._classes.numel():
             old = torch.searchsorted(merged, self._classes)
             k, dim = merged.numel(), self._means.shape[1]
             for attr, shape in (("_counts", (k,)), ("_means", (k, dim)), ("_sq", (k,))):
@@ -158,7 +162,69 @@ class ClassStatistics:
                 grown[old] = getattr(self, attr)
                 setattr(self, attr, grown)
             self._classes = merged
-        return torch.searchsorted(self._classes, labels)
+
+    def all_reduce(self, group=None) -> "ClassStatistics":
+        """Merge the statistics of every process of ``group`` (``torch.distributed``; default: the world),
+        in place, so that each process holds those of all their batches together; returns ``self``.
+
+        Sufficient statistics only travel, never features: first the class lists (classes seen by some
+        processes only are added everywhere), then two float64 all-reduce sums — counts ``[K]`` with
+        n·μ ``[K, m]``, which give a common reference R = Σ n μ / N, then Σ (M2 + n‖μ − R‖²) ``[K]``,
+        Σ n (μ − R) ``[K, m]`` and, with ``within_scatter``, Σ (S + Σ_k n (μ_k − R_k)(μ_k − R_k)ᵀ)
+        ``[m, m]``; the merged mean is R + D, D = Σ n (μ − R) / N, and N‖D‖² (N DDᵀ) is taken off again.
+        Every process gets the same numbers, equal to one process's streaming of all batches to float64
+        rounding. Call it once, after the last ``update`` and before ``compute`` / ``referenced``, on
+        every process (also those that saw no batch). No-op without an initialised process group.
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
+            return self
+        mine = (None if self._classes is None else self._classes.cpu().tolist(),
+                None if self._means is None else self._means.shape[1], self._scatter is not None)
+        everyone = [None] * dist.get_world_size(group)
+        dist.all_gather_object(everyone, mine, group=group)
+        dims = {d for _, d, _ in everyone if d is not None}
+        if len(dims) > 1:
+            raise ValueError(f"processes hold features of different widths: {sorted(dims)}")
+        if len({w for _, _, w in everyone}) > 1:
+            raise ValueError("within_scatter must be the same on every process")
+        if not dims:
+            raise ValueError("ClassStatistics.all_reduce: no process has seen any samples")
+        lists = [c for c, _, _ in everyone if c is not None]
+        if self._fixed and any(c != lists[0] for c in lists):
+            raise ValueError("processes declared different classes")
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" \
+            else torch.device("cpu")
+        home = None if self._means is None else self._means.device
+        if self._means is None:
+            self._allocate(dims.pop(), device)
+        self._grow(torch.tensor(sorted(set().union(*map(set, lists))), dtype=torch.int64,
+                                device=self._classes.device))
+        k, dim = self._means.shape
+        counts, means = self._counts.to(device), self._means.to(device)
+        first = torch.cat([counts[:, None], counts[:, None] * means], 1)
+        dist.all_reduce(first, group=group)
+        total = first[:, 0]
+        ref = first[:, 1:] / total.clamp(min=1)[:, None]
+        d = (means - ref) * (counts > 0)[:, None]
+        nd = counts[:, None] * d
+        parts = [(self._sq.to(device) + (nd * d).sum(1))[:, None], nd]
+        if self._scatter is not None:
+            parts.append((self._scatter.to(device) + nd.T @ d).reshape(-1)[None].expand(1, -1))
+        second = torch.cat([p.reshape(-1) for p in parts])
+        dist.all_reduce(second, group=group)
+        sq, nd_sum = second[:k], second[k:k + k * dim].reshape(k, dim)
+        shift = nd_sum / total.clamp(min=1)[:, None]
+        home = home or device
+        self._counts = total.to(home)
+        self._means = (ref + shift).to(home)
+        self._sq = (sq - (nd_sum * shift).sum(1)).to(home)
+        if self._scatter is not None:
+            scatter = second[k + k * dim:].reshape(dim, dim)
+            self._scatter = (scatter - nd_sum.T @ shift).to(home)
+        self._classes = self._classes.to(home)
+        return self
 
     def _merge(self, b_counts: torch.Tensor, ref: torch.Tensor, b_shift: torch.Tensor, b_sq: torch.Tensor,
                b_scatter: torch.Tensor | None) -> None:
@@ -316,6 +382,34 @@ class ReferencedStatistics:
                     self._along_pred += true_sq[hit].sum(0)
                     chunk, pred = chunk[~hit], pred[~hit]
                 self._along_pred += (deviations(chunk, pred, self.means) @ self._vecs).square_().sum(0)
+
+    def all_reduce(self, group=None) -> "ReferencedStatistics":
+        """Sum this pass's counts (samples, NCC hits, NC4 mismatches) and ``[r]`` projections over every
+        process of ``group`` (``torch.distributed``; default: the world), in place; returns ``self``.
+
+        Every process must have built it from the same reference (``ClassStatistics.all_reduce`` first,
+        then ``referenced``) and call this once after its last ``update`` (also a process that saw no
+        batch). One float64 all-reduce of 5 + 2r numbers. No-op without an initialised process group.
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
+            return self
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" \
+            else torch.device("cpu")
+        head = torch.tensor([self._n, self._correct, self._mismatch, self._labelled is True,
+                             self._labelled is False], dtype=DTYPE, device=device)
+        both = torch.cat([head, self._along_true.to(device), self._along_pred.to(device)])
+        dist.all_reduce(both, group=group)
+        labelled, unlabelled = int(both[3]), int(both[4])
+        if labelled and unlabelled:
+            raise ValueError("labels must be given for every batch or for none, on every process")
+        r = self._along_true.numel()
+        self._n, self._correct, self._mismatch = (int(v) for v in both[:3].tolist())
+        self._labelled = True if labelled else (False if unlabelled else None)
+        self._along_true = both[5:5 + r].to(self._along_true.device)
+        self._along_pred = both[5 + r:].to(self._along_pred.device)
+        return self
 
     def compute(self) -> dict[str, float]:
         """Fractions and collapse values over all batches seen (see the class docstring for keys)."""
