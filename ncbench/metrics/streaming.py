@@ -322,8 +322,9 @@ class ReferencedStatistics:
     collapse); nearest: nearest-mean decisions (NCC accuracy, weak collapse, NC4).
 
     ``update(features, labels=None)``; ``compute()`` returns whichever of ``ncc_accuracy`` with the exact
-    counts ``ncc_errors`` and ``n`` (labels, nearest), ``strong_test_collapse`` (labels, collapse), ``weak_test_collapse`` (nearest, collapse),
-    ``nc4`` (weight) apply.
+    counts ``ncc_errors`` and ``n`` (labels, nearest), ``strong_test_collapse`` (labels, collapse),
+    ``weak_test_collapse`` (nearest, collapse), ``nc4`` (weight) and ``classifier_accuracy`` (weight,
+    labels: argmax of the classifier = the label's row) apply.
     """
 
     def __init__(self, classes, means, weight=None, bias=None, *, collapse: bool = True,
@@ -350,6 +351,7 @@ class ReferencedStatistics:
         self._along_pred = torch.zeros(r, dtype=DTYPE, device=device)
         self._correct = 0
         self._mismatch = 0
+        self._classifier_hits = 0
 
     def update(self, features, labels=None) -> None:
         """Add one batch: ``features: [n, m]``; ``labels: [n]`` (values among ``classes``) or None."""
@@ -376,7 +378,10 @@ class ReferencedStatistics:
                 hit = pred == c
                 self._correct += int(hit.sum())
             if self.weight is not None:
-                self._mismatch += int((classifier_argmax(chunk, self.weight, self.bias) != pred).sum())
+                decided = classifier_argmax(chunk, self.weight, self.bias)
+                self._mismatch += int((decided != pred).sum())
+                if codes is not None:
+                    self._classifier_hits += int((decided == c).sum())
             if self._vecs is not None:
                 if codes is not None:  # correctly predicted rows deviate from the same mean: reuse them
                     self._along_pred += true_sq[hit].sum(0)
@@ -389,7 +394,7 @@ class ReferencedStatistics:
 
         Every process must have built it from the same reference (``ClassStatistics.all_reduce`` first,
         then ``referenced``) and call this once after its last ``update`` (also a process that saw no
-        batch). One float64 all-reduce of 5 + 2r numbers. No-op without an initialised process group.
+        batch). One float64 all-reduce of 6 + 2r numbers. No-op without an initialised process group.
         """
         import torch.distributed as dist
 
@@ -398,7 +403,7 @@ class ReferencedStatistics:
         device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" \
             else torch.device("cpu")
         head = torch.tensor([self._n, self._correct, self._mismatch, self._labelled is True,
-                             self._labelled is False], dtype=DTYPE, device=device)
+                             self._labelled is False, self._classifier_hits], dtype=DTYPE, device=device)
         both = torch.cat([head, self._along_true.to(device), self._along_pred.to(device)])
         dist.all_reduce(both, group=group)
         labelled, unlabelled = int(both[3]), int(both[4])
@@ -406,9 +411,10 @@ class ReferencedStatistics:
             raise ValueError("labels must be given for every batch or for none, on every process")
         r = self._along_true.numel()
         self._n, self._correct, self._mismatch = (int(v) for v in both[:3].tolist())
+        self._classifier_hits = int(both[5])
         self._labelled = True if labelled else (False if unlabelled else None)
-        self._along_true = both[5:5 + r].to(self._along_true.device)
-        self._along_pred = both[5 + r:].to(self._along_pred.device)
+        self._along_true = both[6:6 + r].to(self._along_true.device)
+        self._along_pred = both[6 + r:].to(self._along_pred.device)
         return self
 
     def compute(self) -> dict[str, float]:
@@ -427,4 +433,6 @@ class ReferencedStatistics:
             out["weak_test_collapse"] = nc1_value(self._along_pred / self._n, self._vals, k)
         if self.weight is not None:
             out["nc4"] = self._mismatch / self._n
+            if self._labelled:
+                out["classifier_accuracy"] = self._classifier_hits / self._n
         return out
