@@ -612,3 +612,24 @@ def test_dead_units_do_not_make_nc1_infinite():
     assert np.isfinite(M.nc1(dead, y))
     report = M.collapse_report(dead, y, dead, y)
     assert close(report["nc1"], bf_nc1(F, y)) and close(report["strong_test_collapse"], bf_nc1(F, y))
+
+
+def test_float32_screened_decisions_are_the_float64_ones():
+    """NCC and classifier decisions come from a float32 product except near-ties, recomputed in float64:
+    on random rows, rows with exact ties (duplicate classifier rows) and rows halfway between two means,
+    they equal the float64 argmax everywhere."""
+    rng = np.random.default_rng(14)
+    K, m, n = 30, 40, 3000
+    w = torch.from_numpy(rng.standard_normal((K, m)))
+    w[7] = w[3]  # exact ties: the lower index must win, as with torch.argmax in float64
+    b = torch.from_numpy(rng.standard_normal(K))
+    b[7] = b[3]
+    x = torch.from_numpy(rng.standard_normal((n, m)) * 5)
+    decision = kernels.LinearDecision(w, b)
+    assert decision.screen
+    np.testing.assert_array_equal(decision.argmax(x).numpy(), decision.exact(x).numpy())
+    means = torch.from_numpy(rng.standard_normal((K, m)) + 100.0)
+    halfway = (means[rng.integers(0, K, n)] + means[rng.integers(0, K, n)]) / 2
+    rows = torch.cat([halfway, halfway + 1e-9 * x, means[rng.integers(0, K, n)] + 0.3 * x])
+    np.testing.assert_array_equal(kernels.NearestMeanDecision(means).argmax(rows).numpy(),
+                                  kernels.nearest_mean(rows, means).numpy())

@@ -313,3 +313,82 @@ def classifier_argmax(chunk: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     if bias is not None:
         logits += bias
     return torch.argmax(logits, dim=1)
+
+
+# ------------------------------------------------- float32 screening of float64 decisions (argmax)
+def float32_products_exact_enough(device: torch.device) -> bool:
+    """Whether float32 matrix products on ``device`` are plain IEEE float32 dot products (no TF32 / bf16
+    shortcuts), the assumption of :func:`screened_argmax`'s error bound."""
+    if torch.get_float32_matmul_precision() != "highest":
+        return False
+    return device.type != "cuda" or not torch.backends.cuda.matmul.allow_tf32
+
+
+class LinearDecision:
+    """argmax_c ⟨w_c, x⟩ + b_c over rows x, decided in float32 where that is provably the float64 decision.
+
+    weight: ``[K, m]`` float64, bias: ``[K]`` float64 or None. :meth:`argmax` computes the scores with a
+    float32 product; the float32 score of class c differs from the exact one by at most
+    E·‖x‖·‖w_c‖ + tiny, E = (m + 4)·2⁻²⁴ / (1 − (m + 4)·2⁻²⁴) (rounding x and w to float32, and the
+    γ_m bound of an m-term float32 dot product). A row whose float32 top-two margin exceeds twice that
+    bound has the same argmax in exact arithmetic, hence in float64; the other rows (near-ties) are
+    recomputed in float64 — so the decisions are the float64 ones, at float32 product speed.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        self.weight, self.bias = weight, bias
+        k, m = weight.shape
+        self.screen = k >= 2 and float32_products_exact_enough(weight.device)
+        if self.screen:
+            u = 2.0**-24
+            self.rel = (m + 4) * u / (1 - (m + 4) * u)
+            self.weight32 = weight.to(torch.float32)
+            self.wmax = float(torch.linalg.vector_norm(weight, dim=1).max())
+            self.bmax = 0.0 if bias is None else float(bias.abs().max())
+            # float32 range: products below 2^-100 may underflow (absolute slack), above 2^100 fall back
+            self.screen = bool(torch.isfinite(self.weight32).all()) and self.wmax < 2.0**60
+
+    def exact(self, x: torch.Tensor) -> torch.Tensor:
+        """float64 argmax for ``x: [n, m]`` float64 -> ``[n]``."""
+        logits = x @ self.weight.T
+        if self.bias is not None:
+            logits += self.bias
+        return torch.argmax(logits, dim=1)
+
+    def argmax(self, x: torch.Tensor) -> torch.Tensor:
+        """``x: [n, m]`` float64 -> ``[n]`` int64, equal to :meth:`exact` (ties to the lower class index)."""
+        if not self.screen:
+            return self.exact(x)
+        norms = torch.linalg.vector_norm(x, dim=1)
+        if not bool(norms.max() < 2.0**60):
+            return self.exact(x)
+        scores = (x.to(torch.float32) @ self.weight32.T).to(DTYPE)
+        if self.bias is not None:
+            scores += self.bias
+        top = torch.topk(scores, 2, dim=1)
+        bound = 2.0 * self.rel * norms * self.wmax
+        bound += 2.0**-40 * (norms * self.wmax + self.bmax) + x.shape[1] * 2.0**-100  # float64 rounding, underflow
+        pred = top.indices[:, 0]
+        unsure = ~(top.values[:, 0] - top.values[:, 1] > bound)
+        if bool(unsure.any()):
+            pred[unsure] = self.exact(x[unsure])
+        return pred
+
+
+class NearestMeanDecision(LinearDecision):
+    """Nearest class mean (Euclidean) as the linear rule of :func:`nearest_mean`: after shifting by μ_G,
+    argmax_c 2⟨f − μ_G, μ_c − μ_G⟩ − ‖μ_c − μ_G‖², screened in float32 like :class:`LinearDecision`.
+    ``means: [K, m]`` float64."""
+
+    def __init__(self, means: torch.Tensor):
+        self.g = means.mean(0, keepdim=True)
+        mc = means - self.g
+        self.mc = mc
+        super().__init__(2.0 * mc, -mc.square().sum(1))
+
+    def exact(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.argmax(2.0 * (x @ self.mc.T) - self.mc.square().sum(1), dim=1)
+
+    def argmax(self, chunk: torch.Tensor) -> torch.Tensor:
+        """``chunk: [n, m]`` float64 features -> ``[n]`` nearest mean index (equal to :func:`nearest_mean`)."""
+        return super().argmax(chunk - self.g)

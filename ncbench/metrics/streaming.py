@@ -24,13 +24,14 @@ import torch
 
 from ncbench.metrics.kernels import (
     DTYPE,
+    LinearDecision,
+    NearestMeanDecision,
     as_features,
     as_labels,
     between_eigen,
     cdnv_pairs,
     check_counts,
     check_weight,
-    classifier_argmax,
     codes_in,
     compute_device,
     deviations,
@@ -39,7 +40,6 @@ from ncbench.metrics.kernels import (
     nc1_value,
     nc2_values,
     nc3_value,
-    nearest_mean,
     row_chunks,
     shifted_chunks,
 )
@@ -343,6 +343,8 @@ class ReferencedStatistics:
             raise ValueError("NC4 (weight given) needs nearest=True")
         self.weight, self.bias = (None, None) if weight is None else check_weight(weight, bias, k, dim, device)
         self.nearest = nearest
+        self._nearest = NearestMeanDecision(self.means) if nearest else None
+        self._classifier = None if self.weight is None else LinearDecision(self.weight, self.bias)
         self._vals, self._vecs = between_eigen(self.means) if collapse else (None, None)
         r = 0 if self._vecs is None else self._vecs.shape[1]
         self._n = 0
@@ -373,12 +375,12 @@ class ReferencedStatistics:
                     self._along_true += true_sq.sum(0)
             if not self.nearest:
                 continue
-            pred = nearest_mean(chunk, self.means)
+            pred = self._nearest.argmax(chunk)
             if codes is not None:
                 hit = pred == c
                 self._correct += int(hit.sum())
             if self.weight is not None:
-                decided = classifier_argmax(chunk, self.weight, self.bias)
+                decided = self._classifier.argmax(chunk)
                 self._mismatch += int((decided != pred).sum())
                 if codes is not None:
                     self._classifier_hits += int((decided == c).sum())
