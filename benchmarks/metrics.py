@@ -8,6 +8,8 @@ T = N/4 test samples. Prints, from one run:
   * the floor of one streaming pass over the same float32 [N, m] features, measured in the same run:
     ``features.sum()`` (a bare read) and ``index_add_`` of the rows into K class sums (a float32
     segment sum: the one pass any CDNV needs), and ncbench's ``cdnv`` as a multiple of it (target ≤ 2×);
+    beside them the same class sums accumulated in float64 (cache-sized chunks converted, then
+    ``index_add_``), the cheapest pass that meets DESIGN.md's float64 rule;
   * ``collapse_report`` (CDNV, NC1–NC4, NCC accuracy, classifier accuracies, strong / weak test collapse,
     NC1 of class subsets) as achieved GFLOP/s against torch.matmul's GFLOP/s on the [N, m] × [m, K] shape
     (float64, the arithmetic the metrics use, and float32), target ≥ 50 %. FLOPs counted: the products
@@ -332,11 +334,25 @@ def main() -> None:
     f_dev, y_dev = on_device
     _, t_read = best_of(args.repeat, lambda: f_dev.sum(), sync)
     _, t_segment = best_of(args.repeat, lambda: torch.zeros(K, m, device=device).index_add_(0, y_dev, f_dev), sync)
+    codes = y_dev  # labels are 0..K-1 here
+
+    def float64_segment_sum():  # the cheapest class sums accumulated in float64: convert a chunk, index_add_ it
+        sums = torch.zeros(K, m, dtype=torch.float64, device=device)
+        step = kernels.SHIFT_CHUNK_ELEMENTS // m or 1
+        buffer = torch.empty(step, m, dtype=torch.float64, device=device)
+        for s in range(0, N, step):
+            chunk = buffer[: min(N, s + step) - s].copy_(f_dev[s:s + step])
+            sums.index_add_(0, codes[s:s + step], chunk)
+        return sums
+
+    _, t_segment64 = best_of(args.repeat, float64_segment_sum, sync)
     value, t_cdnv = best_of(args.repeat, lambda: M.cdnv(*on_device), sync)
     print(f"floor: float32 features.sum()              {t_read:8.3f} s  (a bare read of the {N * m * 4 / 2**20:.0f} MiB)")
     print(f"floor: float32 index_add_ into K class sums {t_segment:8.3f} s  (one segment-sum pass)")
+    print(f"       float64 class sums (chunk -> float64, index_add_) {t_segment64:8.3f} s  (the same pass accumulated in "
+          f"float64)")
     print(f"ncbench cdnv:                               {t_cdnv:8.3f} s  = {t_cdnv / t_segment:.1f}x the index_add_ floor "
-          f"(target <= 2x), {t_cdnv / t_read:.1f}x the bare read")
+          f"(target <= 2x), {t_cdnv / t_read:.1f}x the bare read, {t_cdnv / t_segment64:.1f}x the float64 class sums")
 
     # 2b. the full report as GFLOP/s against torch.matmul on the same shape
     full, t_report = best_of(args.repeat, lambda: M.collapse_report(*on_device, *test_on, weight=weight, bias=bias),

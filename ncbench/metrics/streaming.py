@@ -4,15 +4,17 @@ Two passes, because NC4, NCC accuracy and test collapse compare samples with the
 
 1. :class:`ClassStatistics` — one pass over the train batches. Holds per-class counts ``[K]``, means
    ``[K, m]``, summed squared deviations ``[K]`` and (optionally) the pooled within-class scatter
-   ``[m, m]``: O(K·m + m²) memory. Batches are merged exactly with Chan et al.'s pairwise update
-   (each batch is centred on its own class means first, everything relative to the first sample seen),
-   so tight classes far from the origin keep their variance — no one-pass E‖f‖² − ‖μ‖² cancellation.
+   ``[m, m]``: O(K·m + m²) memory. Each batch is read once: deviations from a per-class reference (the
+   running class mean, or a new class's first sample) give the class sums and squared norms, and the
+   batch is merged exactly with Chan et al.'s pairwise update, whose mean difference is the batch's
+   shift itself — so tight classes far from the origin keep their variance (no one-pass E‖f‖² − ‖μ‖²
+   cancellation). :meth:`ClassStatistics.all_reduce` merges the statistics of several processes.
    ``compute()`` gives CDNV, NC1, NC2 (+ NC3 with a classifier weight).
 2. :class:`ReferencedStatistics` — built from pass 1 (``stats.referenced(weight, bias)``), one more
    pass over any batches (train or test) measured against the fixed reference means. Besides the
    reference (means ``[K, m]``, Σ_B eigenvectors ``[m, r]``, classifier) it accumulates O(r) numbers:
    NCC accuracy, NC4, strong / weak test collapse (on the train data itself strong collapse is NC1
-   with exact two-pass deviations).
+   with exact two-pass deviations); :meth:`ReferencedStatistics.all_reduce` sums them over processes.
 
 :func:`ncbench.metrics.report` turns both passes over train (and optionally test) data into the dict of
 :func:`ncbench.metrics.collapse_report`, which is itself computed this way (:mod:`ncbench.metrics.evidence`).
