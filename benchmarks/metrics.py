@@ -32,7 +32,7 @@ scale (N = 1,281,167), with the peak RSS measured beside the memory the accumula
     python benchmarks/metrics.py --loop-pairs 20000    # extrapolate the per-pair loop from 20,000 pairs
     python benchmarks/metrics.py --device cuda         # ncbench on a GPU (loops stay on the CPU)
     python benchmarks/metrics.py --small               # K=100, N=10,000, m=64: seconds
-    python benchmarks/metrics.py --extrapolate         # K=1,000, m=2,048, N = 5k, 10k, 20k -> 1.28M
+    python benchmarks/metrics.py --extrapolate         # K=1,000, m=2,048, N = 8k, 16k, 33k -> 1.28M
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def accumulator_bytes(K: int, m: int, batch_size: int, within_scatter: bool = Fa
     pass 1 state (counts, sq [K], means [K, m]) and its per-update temporaries (reference, sums, shift
     [K, m] and the 2^16-value chunk buffer); pass 2 state (means, classifier [K, m], Σ_B eigenvectors
     [m, r]) and its row-chunk intermediates (about 6 of [rows, max(m, K)], rows ≤ batch_size and
-    rows·max(m, K) ≤ CHUNK_ELEMENTS);
+    rows·max(m, K) ≤ CHUNK_ELEMENTS), and the test pass's means and eigenvectors;
     ``within_scatter`` adds the [m, m] Σ_W scatter and its per-batch copy."""
     r = min(K - 1, m)
     pass1 = 8 * (2 * K + K * m) + 8 * (3 * K * m + kernels.SHIFT_CHUNK_ELEMENTS)
@@ -144,7 +144,8 @@ def accumulator_bytes(K: int, m: int, batch_size: int, within_scatter: bool = Fa
     width = max(m, K)
     rows = min(batch_size, max(1, kernels.CHUNK_ELEMENTS // width))
     pass2 = 8 * (2 * K * m + m * r) + 8 * 6 * rows * width
-    return {"pass1": pass1, "pass2": pass2, "total": pass1 + pass2}
+    test_pass2 = 8 * (K * m + m * r)  # train.referenced() for the test batches: means and eigenvectors
+    return {"pass1": pass1, "pass2": pass2 + test_pass2, "total": pass1 + pass2 + test_pass2}
 
 
 def rhubarbwu_row(features: torch.Tensor, labels: torch.Tensor, K: int, repeat: int, ours: float) -> None:
@@ -253,13 +254,13 @@ def extrapolate(args) -> None:
     t = np.array([r["seconds"] for r in rows])
     b, a = np.polyfit(n, t, 1) if len(n) > 1 else (t[0] / n[0], 0.0)
     held = accumulator_bytes(K, m, args.batch_size)
-    batch = args.batch_size * m * 4
+    batch = 3 * args.batch_size * m * 4  # making a batch: μ_y, the noise and their sum (float32)
     print(f"model t(N) = a + b·N fitted on those sizes: a = {a:.3f} s, b = {b * 1e6:.3f} µs per sample "
           f"(train + a quarter as many test samples)")
     print(f"extrapolated to ImageNet scale K={K} N={IMAGENET_N:,} m={m}: {a + b * IMAGENET_N:8.1f} s "
           f"({(a + b * IMAGENET_N) / 60:.1f} min) on this machine")
     print(f"memory held (from the shapes, constant in N): pass 1 {held['pass1'] / 2**20:.0f} MiB, pass 2 "
-          f"{held['pass2'] / 2**20:.0f} MiB, + one float32 batch {batch / 2**20:.0f} MiB = "
+          f"{held['pass2'] / 2**20:.0f} MiB, + making one float32 batch {batch / 2**20:.0f} MiB = "
           f"{(held['total'] + batch) / 2**20:.0f} MiB; measured peak {max(r['peak_mib'] for r in rows):.0f} MiB "
           f"(no [m, m] Σ_W: NC1 comes from pass 2's projections; ClassStatistics(within_scatter=True) would "
           f"add {2 * 8 * m * m / 2**20:.0f} MiB)")
@@ -279,7 +280,7 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="K=100, N=10,000, m=64")
     parser.add_argument("--extrapolate", action="store_true",
                         help="only the ImageNet-scale extrapolation of the streamed path (defaults K=1000, m=2048)")
-    parser.add_argument("--extrapolate-sizes", type=int, nargs="+", default=[5_000, 10_000, 20_000],
+    parser.add_argument("--extrapolate-sizes", type=int, nargs="+", default=[8_192, 16_384, 32_768],
                         help="the N values timed for --extrapolate")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
