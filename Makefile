@@ -15,7 +15,7 @@ OUT    ?= runs
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,slurm]'
+	$(BIN)/pip install --quiet -e '.[test,slurm,tensorboard]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -20,7 +20,9 @@ Files in ``out_dir``: ``run.json`` (what the run is), ``resume/`` (last epoch st
 ``curve.csv`` (one row per epoch: lr, loss, running accuracy, and at tracked epochs the tracker's row:
 accuracy, CDNV, NC1–NC4 of source train/test features, effective depth), ``layer_curve.csv`` (long form:
 epoch, layer, variant, ncc_error, ncc_errors, n, cdnv per probed layer; see ``ncbench.layerwise``), then
-``model.safetensors`` and ``card.json`` (see ncbench.checkpoint).
+``model.safetensors`` and ``card.json`` (see ncbench.checkpoint). With ``$NCBENCH_TENSORBOARD`` set to a
+folder (and the ``ncbench[tensorboard]`` extra installed) the same curves are also logged live as TensorBoard
+scalars under ``<that folder>/<out_dir's name>/``.
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ import hashlib
 import io
 import json
 import logging
-import math
+import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
@@ -50,111 +52,17 @@ from ncbench.checkpoint import CARD_FILE, Card, CheckpointError, read_card, read
 from ncbench.data.base import ImageDataset
 from ncbench.data.preprocessing import preprocessing_of, to_input
 from ncbench.files import atomic_write, sha256_file, write_json
+from ncbench.recipe import PretrainConfig, is_int
 from ncbench.runtime import set_threads
 
 logger = logging.getLogger(__name__)
 
-SCHEDULES = ("cosine", "step", "constant")
-LOSSES = ("ce", "mse")
-CLASSIFIERS = ("linear", "etf")
 RUN_FILE = "run.json"
 RESUME_DIR = "resume"
 CURVE_FILE = "curve.csv"
 LAYER_CURVE_FILE = "layer_curve.csv"
 LOOP_COLUMNS = ("epoch", "lr", "loss", "running_acc")  # curve.csv columns of every epoch; a tracker adds the rest
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-@dataclass
-class PretrainConfig:
-    """A task's ``pretrain:`` block (field names are the YAML keys).
-
-    epochs:          training epochs (one epoch = floor(N / batch_size) steps; one batch of N if N < batch_size).
-    min_steps:       train at least this many SGD steps: with few source images the epochs are raised to
-                     ceil(min_steps / steps per epoch) (milestones and track_every scaled alike), so a sweep over the
-                     number of source classes does not leave the small source sets under-trained; 0 = off.
-    batch_size, lr, momentum, weight_decay: SGD settings (weight decay on every trainable parameter).
-    schedule:        "cosine" (lr · ½(1 + cos(π e / epochs))), "step" (lr · gamma^#{milestones ≤ e}) or "constant".
-    milestones:      epochs at which "step" multiplies the lr by ``gamma``.
-    loss:            "ce" (cross-entropy) or "mse" (squared error to one-hot targets, summed over classes,
-                     averaged over the batch; Hui & Belkin 2021).
-    mse_weight, mse_target: Hui & Belkin's rescaling of "mse" for many classes: the true class's term is
-                     weighted by k = ``mse_weight`` and its target is M = ``mse_target``,
-                     k·(f_y − M)² + Σ_{c≠y} f_c²; 1 and 1 = the plain squared error.
-    classifier:      "linear" (learned weight and bias) or "etf" (fixed simplex ETF, no bias; Zhu et al. 2021).
-    clip_grad_norm:  rescale each step's gradient to this global L2 norm when it is larger (None: never); keeps
-                     the squared error stable with many classes, whose summed gradient is ~√K times the CE one.
-    track_every:     compute collapse metrics every this many epochs (and before training); 0 = off. The
-                     per-layer curves use every train image (``ncbench.layerwise``, streamed).
-    num_threads:     torch CPU threads; None = ``$NCBENCH_THREADS``, else Slurm's CPUs per task, else the CPUs this
-                     process may use shared by the processes of its node (``LOCAL_WORLD_SIZE``).
-    """
-
-    epochs: int = 30
-    min_steps: int = 0
-    batch_size: int = 128
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    milestones: list[int] = field(default_factory=list)
-    gamma: float = 0.1
-    loss: str = "ce"
-    mse_weight: float = 1.0
-    mse_target: float = 1.0
-    classifier: str = "linear"
-    track_every: int = 5
-    clip_grad_norm: float | None = None
-    num_threads: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
-                raise ValueError(f"pretrain.{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("min_steps", "track_every"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
-                raise ValueError(f"pretrain.{name} must be an integer >= 0, got {getattr(self, name)!r}")
-        for name, low, strict in (("lr", 0.0, True), ("momentum", 0.0, False), ("weight_decay", 0.0, False),
-                                  ("gamma", 0.0, True), ("mse_weight", 0.0, True), ("mse_target", 0.0, True)):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < low or (strict and v == low):
-                raise ValueError(f"pretrain.{name} must be a finite number {'>' if strict else '>='} {low}, got {v!r}")
-            setattr(self, name, float(v))
-        if self.momentum >= 1:
-            raise ValueError(f"pretrain.momentum must be < 1, got {self.momentum}")
-        for name, choices in (("schedule", SCHEDULES), ("loss", LOSSES), ("classifier", CLASSIFIERS)):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"pretrain.{name} must be one of {list(choices)}, got {getattr(self, name)!r}")
-        m = self.milestones
-        if not isinstance(m, (list, tuple)) or not all(_is_int(v) and 0 < v <= self.epochs for v in m) or list(m) != sorted(set(m)):
-            raise ValueError(f"pretrain.milestones must be increasing epochs in 1..{self.epochs}, got {m!r}")
-        self.milestones = [int(v) for v in m]
-        c = self.clip_grad_norm
-        if c is not None and (not isinstance(c, (int, float)) or isinstance(c, bool) or not math.isfinite(c) or c <= 0):
-            raise ValueError(f"pretrain.clip_grad_norm must be a finite number > 0 or null, got {c!r}")
-        if self.num_threads is not None and (not _is_int(self.num_threads) or self.num_threads < 1):
-            raise ValueError(f"pretrain.num_threads must be a positive integer or null, got {self.num_threads!r}")
-
-    def for_size(self, n: int) -> "PretrainConfig":
-        """This recipe for ``n`` training images: ``epochs`` raised to reach ``min_steps`` steps."""
-        steps_per_epoch = max(1, n // self.batch_size)
-        epochs = max(self.epochs, math.ceil(self.min_steps / steps_per_epoch))
-        if epochs == self.epochs:
-            return self
-        scale = epochs / self.epochs
-        return dataclasses.replace(self, epochs=epochs, track_every=round(self.track_every * scale),
-                                   milestones=sorted({min(epochs, max(1, round(m * scale))) for m in self.milestones}))
-
-    def lr_at(self, epoch: int) -> float:
-        """Learning rate for (0-based) ``epoch``."""
-        if self.schedule == "cosine":
-            return self.lr * 0.5 * (1 + math.cos(math.pi * epoch / self.epochs))
-        if self.schedule == "step":
-            return self.lr * self.gamma ** sum(epoch >= m for m in self.milestones)
-        return self.lr
+TENSORBOARD_ENV = "NCBENCH_TENSORBOARD"  # a folder: also log the curves there as TensorBoard scalars
 
 
 def simplex_etf(num_classes: int, dim: int, generator: torch.Generator) -> torch.Tensor:
@@ -319,6 +227,39 @@ def _write_curves(out_dir: Path, records: list[dict]) -> None:
         atomic_write(out_dir / LAYER_CURVE_FILE, _csv_bytes(layers, ["epoch", "layer", "variant", "ncc_error", "ncc_errors", "n", "cdnv"]))
 
 
+class _TensorBoard:
+    """The curve records as TensorBoard scalars under ``$NCBENCH_TENSORBOARD/<out_dir's name>/`` when that
+    variable is set (``pretrain/<column>`` per epoch, ``layers/<layer>/<variant>/<ncc_error|cdnv>`` at tracked
+    epochs), else nothing. Logging only: curve.csv stays the record."""
+
+    def __init__(self, out_dir: Path):
+        root = os.environ.get(TENSORBOARD_ENV)
+        self.writer = None
+        if root:
+            try:
+                from torch.utils.tensorboard import SummaryWriter  # optional: the tensorboard extra
+            except ImportError:
+                raise ValueError(f"${TENSORBOARD_ENV} is set ({root}) but TensorBoard is not installed: "
+                                 "pip install 'ncbench[tensorboard]'") from None
+            self.writer = SummaryWriter(log_dir=str(Path(root) / out_dir.name))
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
+        step = record["epoch"]
+        scalars = {f"pretrain/{k}": v for k, v in record.items() if k not in ("epoch", "layers")}
+        for layer in record.get("layers", []):
+            scalars.update({f"layers/{layer['layer']}/{layer['variant']}/{k}": layer.get(k) for k in ("ncc_error", "cdnv")})
+        for tag, v in scalars.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v):
+                self.writer.add_scalar(tag, v, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 def _check_same_run(out_dir: Path, identity: dict) -> None:
     run_file = out_dir / RUN_FILE
     if not run_file.is_file():
@@ -402,7 +343,7 @@ def _plan_run(backbone: str, dataset: ImageDataset, train_idx: Any, test_idx: An
     """Validate the arguments of :func:`pretrain` and gather the run they describe."""
     if not isinstance(config, PretrainConfig):
         raise ValueError(f"config must be a PretrainConfig, got {type(config).__name__}")
-    if not _is_int(seed):
+    if not is_int(seed):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     clash = sorted(set(card_extra or {}) & {f.name for f in dataclasses.fields(Card)})
     if clash:
@@ -464,11 +405,13 @@ def _train(run: _Run, out_dir: Path, seed: int, tracker: Tracker | None) -> tupl
         params = [p for p in (*model.parameters(), *head.parameters()) if p.requires_grad]
         opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
         start, records = resume.load(model, head, opt)
+        board = _TensorBoard(out_dir) if where.is_main else None
         if start:
             logger.info("resuming %s from epoch %d of %d", out_dir, start, config.epochs)
         elif track is not None:
             row, layer_rows = track(model, head, train, run.test, run.preprocessing)
             records.append({"epoch": 0, **row, "layers": layer_rows})
+            board.log(records[-1])
         net = _parallel(_Net(model, head), run.backbone)
         bar = tqdm(range(start, config.epochs), initial=start, total=config.epochs, desc=f"pretrain {run.backbone}",
                    unit="epoch", disable=None if where.is_main else True)
@@ -490,6 +433,9 @@ def _train(run: _Run, out_dir: Path, seed: int, tracker: Tracker | None) -> tupl
             records.append(record)
             resume.save(epoch + 1, model, head, opt, records)
             _write_curves(out_dir, records)
+            board.log(record)
+        if board is not None:
+            board.close()
     return model, head, records
 
 

@@ -24,6 +24,12 @@ DEFAULT_TIMEOUT_S = 7200.0
 DEFAULT_MEMORY_GB = 16.0
 
 
+def default_cache_dir() -> Path:
+    """Where renders, extracted archives and the registry catalogue are cached: ``$NCBENCH_CACHE`` or
+    ``~/.cache/ncbench``."""
+    return Path(os.environ.get("NCBENCH_CACHE") or Path.home() / ".cache" / "ncbench")
+
+
 def available_cpus() -> int:
     """The CPUs this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

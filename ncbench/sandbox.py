@@ -62,7 +62,7 @@ import torch
 import ncbench
 from ncbench.backbones import BackboneError, build_backbone
 from ncbench.checkpoint import CheckpointError, load_classifier
-from ncbench.data.common import default_cache_dir
+from ncbench.runtime import default_cache_dir
 from ncbench.files import atomic_folder, atomic_write, write_json
 from ncbench.layerwise import LayerCurves
 from ncbench.registry import BACKBONES

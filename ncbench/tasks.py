@@ -25,14 +25,12 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ncbench.backbones import is_user_spec
 from ncbench.data import ImageDataset, dataset_options, load_dataset
 from ncbench.episodes import EpisodeError, sample_episodes, source_images, split_pools
-from ncbench.heads import head_options
 from ncbench.names import RULE as NAME_RULE
 from ncbench.names import name_problem
-from ncbench.pretrain import PretrainConfig
-from ncbench.registry import BACKBONES, DATASETS, HEADS, METRICS, Registry
+from ncbench.recipe import PretrainConfig
+from ncbench.registry import BACKBONES, DATASETS, HEADS, METRICS, Registry, head_option_names, is_user_spec
 from ncbench.taskfiles import task_files, tasks_dir  # noqa: F401  (public here too)
 
 TASK_KEYS = {"include", "name", "version", "description", "dataset", "pools", "source_classes",
@@ -476,7 +474,7 @@ def _heads(c: _Checker, data: dict) -> list[dict[str, Any]]:
             continue
         c.name_in(HEADS, h["name"], f"heads[{i}].name")
         if h["name"] in HEADS:
-            allowed = list(head_options(h["name"]))
+            allowed = head_option_names(h["name"])
             for k in sorted(set(h) - {"name"} - set(allowed)):
                 c.bad(f"heads[{i}].{k}", f"unknown option of head {h['name']!r}; known: {', '.join(allowed) or 'none'}")
             for k in sorted(set(h) & POSITIVE_HEAD_OPTIONS):

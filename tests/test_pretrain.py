@@ -262,6 +262,47 @@ def test_tracking_writes_curves_at_tracked_epochs(data, tmp_path):
     assert all(int(r["ncc_errors"]) == round(float(r["ncc_error"]) * len(tr)) for r in layers)
 
 
+def test_tensorboard_logs_the_curves_when_asked(data, tmp_path, monkeypatch):
+    """$NCBENCH_TENSORBOARD: the curve.csv values, live, as TensorBoard scalars (tested when installed)."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ds, tr, te = data
+    monkeypatch.setenv("NCBENCH_TENSORBOARD", str(tmp_path / "tb"))
+    out = pretrain("tiny-conv", ds, tr, te, PretrainConfig(**{**FAST, "epochs": 3, "track_every": 2}),
+                   tmp_path / "ckpt", seed=0, tracker=CollapseTracker())
+    rows = list(csv.DictReader((out / "curve.csv").open()))
+    events = EventAccumulator(str(tmp_path / "tb" / "ckpt")).Reload()
+    assert {"pretrain/loss", "pretrain/nc1", "pretrain/lr", "layers/penultimate/flat/ncc_error"} <= set(events.Tags()["scalars"])
+    for column in ("loss", "nc1", "cdnv_train", "running_acc"):
+        logged = [(e.step, e.value) for e in events.Scalars(f"pretrain/{column}")]
+        expected = [(int(r["epoch"]), float(r[column])) for r in rows if r[column] != ""]
+        assert [s for s, _ in logged] == [s for s, _ in expected]
+        assert [v for _, v in logged] == pytest.approx([v for _, v in expected], rel=1e-6)  # stored as float32
+    monkeypatch.delenv("NCBENCH_TENSORBOARD")
+    plain = pretrain("tiny-conv", ds, tr, te, PretrainConfig(**{**FAST, "epochs": 3, "track_every": 2}),
+                     tmp_path / "plain", seed=0, tracker=CollapseTracker())
+    assert_same_weights(weights(out), weights(plain))  # logging changes nothing
+    assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == ["ckpt"]
+
+
+def test_tensorboard_without_the_extra_is_a_clear_error(data, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith(("torch.utils.tensorboard", "tensorboard")):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    monkeypatch.setenv("NCBENCH_TENSORBOARD", str(tmp_path / "tb"))
+    ds, tr, te = data
+    with pytest.raises(ValueError, match=r"NCBENCH_TENSORBOARD is set .* pip install 'ncbench\[tensorboard\]'"):
+        pretrain("tiny-conv", ds, tr, te, PretrainConfig(**FAST), tmp_path / "ckpt", seed=0)
+
+
 def test_tracking_honours_layer_eps(data, tmp_path):
     ds, tr, te = data
     config = PretrainConfig(**{**FAST, "epochs": 1, "track_every": 1})

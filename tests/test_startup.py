@@ -45,12 +45,72 @@ def test_help_imports_no_heavy_library(tmp_path):
     assert heavy_imports(code, tmp_path) == []
 
 
-def test_validate_imports_torch_only(tmp_path):
-    """validate checks names against the backbone, head and metric registries (torch modules), but needs
-    neither torchvision nor scikit-learn, pandas or matplotlib."""
-    task = str(ROOT / "tasks" / "glyphs-smoke.yaml")
-    code = f"from ncbench.cli import main\nassert main(['validate', '--no-data', {task!r}]) == 0"
-    assert heavy_imports(code, tmp_path) == ["torch"]
+@pytest.mark.parametrize("argv", [["validate", "--no-data", str(ROOT / "tasks" / "glyphs-smoke.yaml")],
+                                  ["list", "backbones"], ["list", "heads"], ["list", "metrics"]])
+def test_name_checks_import_torch_only_to_fill_the_catalogue(argv, tmp_path):
+    """validate and list check names against the backbone, head and metric registries, whose modules import
+    torch: the first process fills the catalogue cache (importing them), later ones read it and import nothing
+    heavy, with the same output."""
+    code = f"from ncbench.cli import main\nassert main({argv!r}) == 0"
+    cache = str(tmp_path / "cache")
+    assert "torch" in heavy_imports(code, tmp_path, NCBENCH_CACHE=cache)
+    assert heavy_imports(code, tmp_path, NCBENCH_CACHE=cache) == []
+
+
+def test_the_catalogue_is_what_the_registries_hold(tmp_path):
+    from ncbench import registry
+    from ncbench.heads import head_options
+
+    built = registry.build_catalogue()
+    assert built["backbone"] == {n: [] for n in registry.BACKBONES.names()} and "conv4" in built["backbone"]
+    assert built["metric"] == {n: [] for n in registry.METRICS.names()} and "cdnv" in built["metric"]
+    assert built["head"] == {n: list(head_options(n)) for n in registry.HEADS.names()}
+    assert built["head"]["ridge"] == ["alpha"]
+    registry.catalogue.cache_clear()
+    try:
+        assert registry.catalogue(str(tmp_path)) == built  # built and written
+        path = registry.catalogue_path(tmp_path)
+        assert json.loads(path.read_text()) == built
+        path.write_text('{"head": {"ridge": "not a list"}}')  # malformed: rebuilt and rewritten
+        registry.catalogue.cache_clear()
+        assert registry.catalogue(str(tmp_path)) == built and json.loads(path.read_text()) == built
+    finally:
+        registry.catalogue.cache_clear()
+
+
+def test_the_catalogue_key_follows_the_sources(tmp_path):
+    from ncbench.registry import source_key
+
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "a.py").write_text("x = 1\n")
+    (pkg / "sub" / "b.py").write_text("y = 2\n")
+    (pkg / "notes.txt").write_text("not source")
+    first = source_key(pkg)
+    assert source_key(pkg) == first
+    (pkg / "notes.txt").write_text("changed, still not source")
+    assert source_key(pkg) == first
+    (pkg / "sub" / "b.py").write_text("y = 3\n")  # an edited module: a new catalogue
+    edited = source_key(pkg)
+    assert edited != first
+    (pkg / "c.py").write_text("")  # a new module: a new catalogue
+    assert source_key(pkg) not in (first, edited)
+
+
+def test_a_head_registered_at_run_time_is_known_to_the_name_checks(monkeypatch):
+    from ncbench.registry import HEADS, head_option_names
+
+    monkeypatch.setattr(HEADS, "_entries", dict(HEADS._entries))
+    monkeypatch.setattr(HEADS, "_populated", False)  # as in a process that has not imported ncbench.heads
+
+    class Plain:
+        def __init__(self, depth: int = 2):
+            pass
+
+    HEADS.register("plain-test-head", Plain)
+    assert "plain-test-head" in HEADS and "plain-test-head" in HEADS.names() and "ridge" in HEADS
+    assert head_option_names("plain-test-head") == ["depth"] and head_option_names("ridge") == ["alpha"]
+    assert "did you mean 'plain-test-head'" in HEADS.unknown_message("plain-test-hed")
 
 
 # ------------------------------------------------------------------------------------ glyphs font scan

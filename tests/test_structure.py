@@ -15,7 +15,7 @@ FLOW = (
               "ncbench.stats", "ncbench.distributed")),
     ("data", ("ncbench.data", "ncbench.episodes")),
     ("backbones", ("ncbench.backbones", "ncbench.checkpoint")),
-    ("pretrain", ("ncbench.pretrain",)),
+    ("pretrain", ("ncbench.recipe", "ncbench.pretrain")),
     ("features", ("ncbench.features",)),
     ("heads/metrics", ("ncbench.heads", "ncbench.metrics", "ncbench.layerwise", "ncbench.tracking", "ncbench.ufm")),
     ("results", ("ncbench.results",)),

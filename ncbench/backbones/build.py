@@ -27,9 +27,8 @@ import torch
 from torch import nn
 
 from ncbench.backbones.base import image_hw
-from ncbench.registry import BACKBONES
+from ncbench.registry import BACKBONES, ENTRY_POINT_GROUP, is_user_spec  # noqa: F401  (public here too)
 
-ENTRY_POINT_GROUP = "ncbench.backbones"
 DEFAULT_FILE_CALLABLE = "backbone"
 
 
@@ -69,13 +68,6 @@ def _attr(module: Any, name: str, spec: str) -> Callable[..., Any]:
         what = "is not callable" if hasattr(module, name) else "is missing"
         raise BackboneError(f"backbone {spec!r}: callable {name!r} {what} in {module.__name__}")
     return obj
-
-
-def is_user_spec(spec: str) -> bool:
-    """True when ``spec`` has the form of a user backbone: a ``.py`` file, ``module:callable``, or the name
-    of an installed entry point in :data:`ENTRY_POINT_GROUP` (nothing is imported)."""
-    return (spec.endswith(".py") or ":" in spec
-            or bool(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=spec)))
 
 
 def resolve_backbone(spec: str) -> Callable[..., Any]:

@@ -17,11 +17,6 @@ CLASS_SPLIT_FRACTIONS = (("train", 0.6), ("val", 0.2), ("test", 0.2))
 TRAIN_FRACTION = 0.75  # per-class image split for datasets without an official one
 
 
-def default_cache_dir() -> Path:
-    """Where renders and extracted archives are cached: ``$NCBENCH_CACHE`` or ``~/.cache/ncbench``."""
-    return Path(os.environ.get("NCBENCH_CACHE") or Path.home() / ".cache" / "ncbench")
-
-
 def require_root(dataset: str, root: str | os.PathLike | None, expected: str, *, downloadable: bool,
                  download: bool = False) -> Path:
     """``root`` as a Path (created when ``download``); raises DatasetError naming what was expected when

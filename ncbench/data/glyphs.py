@@ -38,7 +38,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ncbench.data.base import TEST, TRAIN, DatasetError, ImageDataset
-from ncbench.data.common import default_cache_dir
+from ncbench.runtime import default_cache_dir
 from ncbench.data.transforms import decode_arrays, make_transform
 from ncbench.files import atomic_write
 from ncbench.registry import register_dataset

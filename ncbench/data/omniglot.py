@@ -12,11 +12,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ncbench.data.base import DatasetError, ImageDataset
-from ncbench.data.common import (check_size, default_cache_dir, missing_files_error, per_class_split, require_root,
+from ncbench.data.common import (check_size, missing_files_error, per_class_split, require_root,
                                  read_image, seeded_class_splits)
 from ncbench.data.transforms import make_transform
 from ncbench.files import atomic_folder
 from ncbench.registry import register_dataset
+from ncbench.runtime import default_cache_dir
 
 log = logging.getLogger(__name__)
 
