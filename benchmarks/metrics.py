@@ -133,7 +133,7 @@ def report_flops(K: int, m: int, n_train: int, n_test: int, subset_rows: list[in
 def accumulator_bytes(K: int, m: int, batch_size: int, within_scatter: bool = False) -> dict[str, int]:
     """Bytes the streamed path holds, from the shapes (float64 = 8 bytes), besides the caller's batch:
     pass 1 state (counts, sq [K], means [K, m]) and its per-update temporaries (reference, sums, shift
-    [K, m] and the 2^16-value chunk buffer); pass 2 state (means, classifier [K, m], Σ_B eigenvectors
+    [K, m] and the SHIFT_CHUNK_ELEMENTS-value chunk buffer); pass 2 state (means, classifier [K, m], Σ_B eigenvectors
     [m, r]) and its row-chunk intermediates (about 6 of [rows, max(m, K)], rows ≤ batch_size and
     rows·max(m, K) ≤ CHUNK_ELEMENTS), and the test pass's means and eigenvectors;
     ``within_scatter`` adds the [m, m] Σ_W scatter and its per-batch copy."""

@@ -134,7 +134,7 @@ def row_chunks(features: torch.Tensor, width: int, device: torch.device) -> Iter
         yield rows, features[rows].to(device=device, dtype=DTYPE)
 
 
-SHIFT_CHUNK_ELEMENTS = 1 << 16  # float64 values of the reused [rows, m] buffer of shifted_chunks (512 KiB: in L2)
+SHIFT_CHUNK_ELEMENTS = 1 << 18  # float64 values of the reused [rows, m] buffer of shifted_chunks (2 MiB: in cache)
 
 
 def shifted_chunks(features: torch.Tensor, codes: torch.Tensor,
