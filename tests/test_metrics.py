@@ -229,6 +229,7 @@ def test_row_chunks_give_the_same_numbers(monkeypatch):
     W = np.random.default_rng(0).standard_normal((4, 6))
     whole = M.collapse_report(F, y, F[:50], y[:50], weight=W)
     monkeypatch.setattr(kernels, "CHUNK_ELEMENTS", 40)  # chunks of a handful of rows
+    monkeypatch.setattr(kernels, "SHIFT_CHUNK_ELEMENTS", 40)  # and in pass 1
     chunked = M.collapse_report(F, y, F[:50], y[:50], weight=W)
     for key in whole:
         assert close(chunked[key], whole[key]), key
