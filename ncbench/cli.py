@@ -50,6 +50,9 @@ EPILOG_EXAMPLES = {
     "submit": "example: ncbench submit my_nets.py:SmallNet --name smallnet --smoke",
     "report": "example: ncbench report --out runs",
     "analyze": "examples:\n  ncbench analyze glyphs\n  ncbench analyze glyphs-to-omniglot --scope model",
+    "verify": ("examples:\n  ncbench verify glyphs --model conv4 --units 2\n"
+               "  ncbench verify glyphs --model conv4 --seeds 0 --all --checkpoints other/runs/checkpoints\n"
+               "  ncbench verify glyphs --model mynet --all --pretrain-missing"),
 }
 
 
@@ -365,6 +368,32 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from ncbench import leaderboard, verify  # lazy: start-up time
+
+    task = _task(args)
+    if args.units is not None and args.all:
+        raise UsageError("give either --units N or --all, not both")
+    opts = verify.VerifyOptions(
+        results=Path(args.results), leaderboards=Path(args.leaderboards), out=Path(args.out),
+        checkpoints=Path(args.checkpoints) if args.checkpoints else None, data_root=args.data_root,
+        models=args.model, source_classes=args.source_classes, seeds=args.seeds,
+        units=None if args.all else (3 if args.units is None else args.units), sample_seed=args.seed,
+        fresh=not args.no_fresh,
+        fresh_seed=args.fresh_seed, pretrain_missing=args.pretrain_missing,
+        threads=args.threads or verify.env_threads(), isolate=False if args.trust_backbone else None,
+        timeout_s=args.timeout_s, memory_gb=args.memory_gb)
+    rows = verify.verify_task(task, opts, canon=leaderboard.canon(task, args.data_root))
+    for line in verify.summary_lines(rows):
+        print(line)
+    path = verify.write(opts.leaderboards, task.name, rows)
+    print(f"wrote {path}")
+    view = leaderboard.refresh_view(opts.results, opts.leaderboards, task.name)
+    if view is not None:
+        print(f"wrote {view}")
+    return 1 if verify.checks_failed(rows) else 0
+
+
 # ------------------------------------------------------------------------------------------- parser
 def _storage(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs", metavar="DIR",
@@ -524,6 +553,34 @@ def _analyze_parser(p: argparse.ArgumentParser) -> None:
                    help="folder of leaderboard CSVs, where <task>-analysis.csv is written (default: leaderboards)")
 
 
+def _verify_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("task", help="task name (see `ncbench list tasks`) or path to a task YAML file")
+    p.add_argument("--model", nargs="+", metavar="NAME", help="verify these models' rows only (default: every model)")
+    p.add_argument("--source-classes", type=int, nargs="+", metavar="S", help="only units of these source-class counts")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="N", help="only units of these pretraining seeds")
+    p.add_argument("--units", type=int, metavar="N", help="verify N units drawn at random (seeded) among those "
+                                                          "matching (default: 3)")
+    p.add_argument("--all", action="store_true", help="verify every unit matching the filters")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draw of --units (default: 0)")
+    p.add_argument("--checkpoints", metavar="DIR",
+                   help="folder holding the units' checkpoints, named as `ncbench run` names them (default: "
+                        "<out>/checkpoints); only read")
+    p.add_argument("--pretrain-missing", action="store_true",
+                   help="pretrain a unit without a checkpoint (into <out>/checkpoints) instead of reporting it "
+                        "unverifiable: bit-identical on the machine and thread count that made it, within the CI elsewhere")
+    p.add_argument("--fresh-seed", type=int, metavar="N",
+                   help="seed of the fresh render of a procedurally generated dataset (default: drawn at random, "
+                        "recorded in the CSV)")
+    p.add_argument("--no-fresh", action="store_true", help="skip the fresh-seed (memorisation) check")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch CPU threads (default: $NCBENCH_THREADS, else 1, as the committed leaderboards' workers)")
+    p.add_argument("--trust-backbone", action="store_true",
+                   help="run an unregistered backbone's code in this process instead of its bubblewrap sandbox")
+    p.add_argument("--data-root", metavar="DIR", help="root folder of a real dataset")
+    _limits(p)
+    _storage(p)
+
+
 # name -> (command, help, adds its arguments)
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable[[argparse.ArgumentParser], None]]] = {
     "list": (cmd_list, "list registered datasets, backbones, heads, metrics or task files", _list_parser),
@@ -542,6 +599,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable[[ar
     "report": (cmd_report, "plots and an HTML page from the leaderboards and result files", _report_parser),
     "analyze": (cmd_analyze, "does collapse predict transfer? rank correlations (bootstrap CIs) of source collapse "
                              "with target accuracy and CDNV, into <task>-analysis.csv", _analyze_parser),
+    "verify": (cmd_verify, "re-extract features from stored checkpoints and re-score a sample of units: claimed vs "
+                           "reproduced, a fresh-seed memorisation check, into <task>-verified.csv", _verify_parser),
 }
 
 

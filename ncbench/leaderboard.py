@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
-from ncbench import ranking
+from ncbench import ranking, verify
 from ncbench.analysis import write_analysis
 from ncbench.data import DatasetError
 from ncbench.episodes import sample_episodes
@@ -276,7 +276,8 @@ def rebuild(results_dir: Path, leaderboards_dir: Path, tasks: list[str] | None =
             atomic_write_text(path, to_csv_text(df))
             atomic_write_text(manifest_path(leaderboards_dir, task), manifest_text(results_dir, used))
             board = read(path)  # both derived views read the CSV as written
-            view = ranking.ranked_view(board, task)
+            view = ranking.ranked_view(board, task, verification=verify.current(verify.read(leaderboards_dir, task),
+                                                                                 results_dir))
             ranking.write_markdown(view, path.with_suffix(".md"))
             write_analysis(task, board, leaderboards_dir)  # <task>-analysis.csv: does collapse predict transfer?
         views.append(view)
@@ -285,6 +286,18 @@ def rebuild(results_dir: Path, leaderboards_dir: Path, tasks: list[str] | None =
     if readme is not None and ranking.update_readme(readme, views):
         log.info("refreshed the ranked tables of %s", readme)
     return written
+
+
+def refresh_view(results_dir: Path, leaderboards_dir: Path, task: str) -> Path | None:
+    """Rewrite the ranked view ``<task>.md`` from the task's leaderboard CSV as it is and its verification rows
+    (``ncbench verify`` calls this after writing them); None when the task has no leaderboard CSV."""
+    path = inside(leaderboards_dir, f"{check_name(task, 'task')}.csv")
+    if not path.is_file():
+        return None
+    with lock(path):
+        view = ranking.ranked_view(read(path), task, verification=verify.current(verify.read(leaderboards_dir, task),
+                                                                                  results_dir))
+        return ranking.write_markdown(view, path.with_suffix(".md"))
 
 
 def read(path: Path) -> pd.DataFrame:

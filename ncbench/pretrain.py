@@ -237,7 +237,7 @@ class _TensorBoard:
         self.writer = None
         if root:
             try:
-                from torch.utils.tensorboard import SummaryWriter  # optional: the tensorboard extra
+                from torch.utils.tensorboard import SummaryWriter  # lazy: optional, the tensorboard extra
             except ImportError:
                 raise ValueError(f"${TENSORBOARD_ENV} is set ({root}) but TensorBoard is not installed: "
                                  "pip install 'ncbench[tensorboard]'") from None

@@ -20,6 +20,13 @@ The view is a function of the leaderboard CSV alone: fixed float formats, models
 so rebuilding from the same result files gives the same bytes. :func:`readme_block` is the same table for
 the top-level README (between ``<!-- ranked-view TASK -->`` marker comments, refreshed by
 ``ncbench leaderboard --readme README.md``).
+
+**Checks** (:mod:`ncbench.verify`). When the task has a ``<task>-verified.csv``, the view is also a function of
+it: a ``verified`` column counts each ranked model's grid units whose every row ``ncbench verify`` reproduced
+(rows whose result file changed since count as stale), and a *Checks* section lists the units that did not
+verify (mismatch, memorised, stale). Rows that are implausible (:func:`ncbench.verify.implausible`: accuracy
+≈ 1 with NC1 ≈ 0) are listed there too. Without either, the view is what it was before verification existed.
+The README block leaves the verification out (its table is the leaderboard's alone) but keeps the flags.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from ncbench.files import atomic_write_text
 from ncbench.metrics import metric_of
 from ncbench.results import Status
 from ncbench.tasks import TaskError, find_task, task_files
+from ncbench.verify import PLAUSIBILITY_FLAG, STALE, implausible, unit_verdicts
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +102,9 @@ class RankedView:
     ranked: list[Entry]
     unranked: list[Entry]
     columns: list[str]
+    verification: dict[str, dict[str, int]] | None = None  # model -> verdict -> grid units (None: no file)
+    problems: tuple[str, ...] = ()                          # "model: s=S seed N: verdict" of units not verified
+    implausible: dict[str, int] | None = None               # model -> implausible rows (only models with some)
 
 
 # ------------------------------------------------------------------------------------------- building
@@ -134,9 +145,11 @@ def _mean_over_grid(values: dict[tuple[int, int], float | None], grid: Grid) -> 
     return float(np.mean(per_seed))
 
 
-def ranked_view(df: pd.DataFrame, task: str, grid: Grid | None = None) -> RankedView:
+def ranked_view(df: pd.DataFrame, task: str, grid: Grid | None = None,
+                verification: pd.DataFrame | None = None) -> RankedView:
     """The ranked view of leaderboard ``df`` (as :func:`ncbench.leaderboard.read` returns it) of ``task``;
-    ``grid`` defaults to :func:`task_grid`. See the module docstring for the score and the grid rule."""
+    ``grid`` defaults to :func:`task_grid`; ``verification``: the task's verification rows as
+    :func:`ncbench.verify.current` returns them (None: the task has none). See the module docstring."""
     df = df[df["task"].eq(task)]
     grid = grid if grid is not None else task_grid(task, df)
     headline = df[df["status"].eq(Status.OK.value) & df["head"].eq(HEADLINE_HEAD) & df["shots"].eq(HEADLINE_SHOTS)]
@@ -160,7 +173,17 @@ def ranked_view(df: pd.DataFrame, task: str, grid: Grid | None = None) -> Ranked
         ranked.append(Entry(model, None, float(np.mean(per_seed)), std, grid.seeds, cols, done))
     ranked.sort(key=lambda e: (-e.score, e.model))
     ranked = [replace(e, rank=1 + sum(o.score > e.score for o in ranked)) for e in ranked]
-    return RankedView(task, grid, ranked, unranked, shown)
+    flagged = df[implausible(df)].groupby("model").size()
+    checks: dict = {"implausible": {str(m): int(n) for m, n in flagged.items()} or None}
+    if verification is not None:
+        units = unit_verdicts(verification[verification["task"].eq(task)])
+        in_grid = [(int(s), int(seed)) in set(grid.units) for s, seed in zip(units["source_classes"], units["seed"])]
+        units = units[in_grid] if len(units) else units
+        checks["verification"] = {str(m): {str(v): int(n) for v, n in g["verdict"].value_counts().items()}
+                                  for m, g in units.groupby("model")}
+        bad = units[~units["verdict"].isin(["verified", "unverifiable"])]
+        checks["problems"] = tuple(f"{r.model}: s={r.source_classes} seed {r.seed}: {r.verdict}" for r in bad.itertuples())
+    return RankedView(task, grid, ranked, unranked, shown, **checks)
 
 
 # ------------------------------------------------------------------------------------------- rendering
@@ -193,10 +216,13 @@ def render_body(view: RankedView) -> str:
         "",
     ]
     header = ["rank", "model", "score ↑", "± std", "seeds"] + [f"{c}{_arrow(c)}" for c in view.columns]
+    checked = view.verification is not None
+    header += ["verified"] if checked else []
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---:", "---"] + ["---:"] * (len(header) - 2)) + "|"]
     for e in view.ranked:
         cells = [str(e.rank), e.model, _fmt(e.score, SCORE_FORMAT), _fmt(e.score_std, SCORE_FORMAT), str(len(e.seeds))]
         cells += [_fmt(e.columns[c], COLUMN_FORMAT) for c in view.columns]
+        cells += [_verified_cell(view.verification.get(e.model, {}), len(g.units))] if checked else []
         lines.append("| " + " | ".join(cells) + " |")
     if not view.ranked:
         lines.append("| " + " | ".join([EMPTY, "(no model has a complete grid)"] + [""] * (len(header) - 2)) + " |")
@@ -206,6 +232,7 @@ def render_body(view: RankedView) -> str:
                   "| model | units done | missing | failed | other task version |", "|---|---:|---|---|---|"]
         for e in view.unranked:
             lines.append(f"| {e.model} | {e.done} of {n} | {_units(e.missing)} | {_units(e.failed)} | {_units(e.stale)} |")
+    lines += _checks(view)
     lines += ["", "Legend: **score** — the headline score above (fraction of query images classified correctly); "
               "**± std** — standard deviation of the per-seed scores over seeds (" + EMPTY + " with one seed); "
               "**seeds** — number of seeds averaged; the other columns are the leaderboard columns that compare "
@@ -214,8 +241,29 @@ def render_body(view: RankedView) -> str:
               + (" **units done** — finished units of the grid with a headline row; **missing** — units without "
                  "a finished result holding a ridge 5-shot row; **failed** — units whose run failed (their `error` is in the CSV); **other task "
                  "version** — units run with another version of the task file, whose episodes differ."
-                 if view.unranked else "")]
+                 if view.unranked else "")
+              + (" **verified** — grid units whose every row `ncbench verify` re-extracted from the stored checkpoint "
+                 f"and reproduced within tolerance (`{view.task}-verified.csv`; docs/reliability.md, \"Verification\"); "
+                 "✓ when all are." if checked else "")]
     return "\n".join(lines) + "\n"
+
+
+def _verified_cell(counts: dict[str, int], n: int) -> str:
+    """``k/n`` verified grid units, ✓ when all, and the units with another verdict."""
+    done = counts.get("verified", 0)
+    other = [f"{counts[v]} {v}" for v in ("mismatch", "memorised", STALE, "unverifiable") if counts.get(v)]
+    return f"{done}/{n}" + (" ✓" if n and done == n else "") + ("".join(f", {o}" for o in other))
+
+
+def _checks(view: RankedView) -> list[str]:
+    """The *Checks* section: implausible rows per model and units that did not verify; none without either."""
+    items = [f"- **{m}**: {k} row{'s' * (k > 1)} with {PLAUSIBILITY_FLAG} (implausible: perfect transfer from "
+             "perfectly collapsed features — a lookup of the public images, or test images in training)"
+             for m, k in sorted((view.implausible or {}).items())]
+    items += [f"- {p}" for p in view.problems]
+    if not items:
+        return []
+    return ["", "**Checks** (`ncbench verify`; docs/reliability.md, \"Verification\"):", ""] + items
 
 
 def render_markdown(view: RankedView) -> str:
@@ -238,7 +286,8 @@ def markers(task: str) -> tuple[str, str]:
 
 def readme_block(view: RankedView) -> str:
     """What stands between the markers of ``view.task`` (markers excluded)."""
-    return f"\n{render_body(view)}\nFull view: [leaderboards/{view.task}.md](leaderboards/{view.task}.md).\n\n"
+    body = render_body(replace(view, verification=None, problems=()))  # the leaderboard's table alone
+    return f"\n{body}\nFull view: [leaderboards/{view.task}.md](leaderboards/{view.task}.md).\n\n"
 
 
 def blocks_in(text: str) -> dict[str, str]:

@@ -18,7 +18,9 @@ that accuracy over all units (:mod:`ncbench.analysis`). Then one section per tas
 - ``-scatter-<outcome>``: the analysis section's scatter plots, one panel per collapse measure against the
   headline accuracy and against target CDNV, one point per unit, with the panel's ρ and τ;
 
-then the correlation table and the leaderboard table. Each model has one colour and marker on every plot
+then the correlation table, the *Checks* (``ncbench verify``: the rows of ``<task>-verified.csv`` with their
+verdicts, stale when their result file changed since, and the implausible rows, accuracy ≈ 1 with NC1 ≈ 0) and
+the leaderboard table. Each model has one colour and marker on every plot
 of the page (:func:`model_styles`; no two models share both), legends sit outside the axes, and model
 names are drawn as plain text (a ``$`` is never read as mathtext). File names are made from names by
 :func:`file_part`, which keeps distinct names distinct (``a/b`` and ``a_b`` give different files).
@@ -46,7 +48,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, NullLocator
 
-from ncbench import analysis, leaderboard
+from ncbench import analysis, leaderboard, verify
 from ncbench.compare import arrow, headline
 from ncbench.files import atomic_write, atomic_write_text
 from ncbench.metrics.info import selected
@@ -485,7 +487,7 @@ def _cell(value: Any, column: str) -> str:
     if pd.isna(value):
         return ""
     if isinstance(value, float):
-        return f"{value:.4f}" if column in ("acc_mean", "acc_ci95") or column.endswith("_acc") else f"{value:.4g}"
+        return f"{value:.4f}" if column in ("acc_mean", "acc_ci95") or column.endswith(("_acc", "_ci95")) else f"{value:.4g}"
     return str(value)
 
 
@@ -553,12 +555,43 @@ def _analysis_html(task: str, table: pd.DataFrame, scatters: list[tuple[str, str
     return "\n".join(parts)
 
 
+VERIFY_COLUMNS = ["model", "source_classes", "seed", "head", "shots", "verdict", "claimed_acc", "claimed_ci95",
+                  "reproduced_acc", "delta", "identical", "fresh_acc", "one_hot_share", "flags", "note", "date"]
+
+
+def _checks_html(task: str, df: pd.DataFrame, marks: pd.DataFrame | None) -> str:
+    """The task's *Checks*: implausible leaderboard rows and the verification rows (``ncbench verify``)."""
+    parts = [f'<h3 id="{html.escape(_slug(task))}-checks">{html.escape(task)}: checks</h3>']
+    flagged = df[verify.implausible(df)]
+    if len(flagged):
+        cells = "".join(f"<li>{html.escape(str(r.model))} s={r.source_classes} seed {r.seed} {html.escape(str(r.head))} "
+                        f"{r.shots}-shot: accuracy {r.acc_mean:.4f}, NC1 {r.nc1:.3g}</li>" for r in flagged.itertuples())
+        parts.append(f"<p><b>Implausible rows</b> ({html.escape(verify.PLAUSIBILITY_FLAG)}: perfect transfer from "
+                     f"perfectly collapsed features — a lookup of the public images, or test images in training):</p>"
+                     f"<ul class=flags>{cells}</ul>")
+    if marks is None:
+        parts.append(f"<p>No verification: <code>ncbench verify {html.escape(task)}</code> re-extracts features from "
+                     "stored checkpoints and re-scores a sample of units.</p>")
+    else:
+        counts = marks["verdict"].value_counts()
+        text = ", ".join(f"{int(n)} {html.escape(str(v))}" for v, n in counts.items())
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in VERIFY_COLUMNS)
+        body = "".join(
+            f'<tr class="{html.escape(str(r["verdict"]))}">'
+            + "".join(f"<td{' class=num' if isinstance(r[c], float) else ''}>{html.escape(_cell(r[c], c))}</td>"
+                      for c in VERIFY_COLUMNS) + "</tr>" for _, r in marks.iterrows())
+        parts.append(f"<details><summary>Verification ({html.escape(task)}-verified.csv): {text} of {len(marks)} rows"
+                     f"</summary><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></details>")
+    return "\n".join(parts)
+
+
 def _task_html(task: str, df: pd.DataFrame, plots: list[tuple[str, str]], scatters: list[tuple[str, str]],
-               notes: list[str], table: pd.DataFrame) -> str:
+               notes: list[str], table: pd.DataFrame, marks: pd.DataFrame | None = None) -> str:
     parts = [f'<h2 id="{html.escape(_slug(task))}">{html.escape(task)}</h2>', _figures_html(plots)]
     if notes:
         parts.append("<p>Not plotted:</p><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
     parts.append(_analysis_html(task, table, scatters))
+    parts.append(_checks_html(task, df, marks))
     parts.append(f"<details><summary>Leaderboard {html.escape(task)}.csv ({len(df)} rows)</summary>"
                  f"{_table_html(df)}</details>")
     return "\n".join(parts)
@@ -603,8 +636,8 @@ def _summary_html(frames: dict[str, pd.DataFrame], tables: dict[str, pd.DataFram
 
 
 def _tasks(leaderboards_dir: Path, tasks: list[str] | None) -> list[str]:
-    available = sorted(p.stem for p in leaderboards_dir.glob("*.csv")
-                       if not analysis.is_analysis_file(p)) if leaderboards_dir.is_dir() else []
+    available = sorted(p.stem for p in leaderboards_dir.glob("*.csv") if not analysis.is_analysis_file(p)
+                       and not verify.is_verification_file(p)) if leaderboards_dir.is_dir() else []
     if tasks is None:
         if not available:
             raise FileNotFoundError(f"no leaderboard CSVs in {leaderboards_dir} (run `ncbench run` or "
@@ -619,7 +652,7 @@ def _tasks(leaderboards_dir: Path, tasks: list[str] | None) -> list[str]:
 
 def make_report(leaderboards_dir: Path, results_dir: Path, out_dir: Path, tasks: list[str] | None = None) -> Path:
     """Write the PNGs and ``index.html`` of the given tasks (default: every ``<task>.csv`` in
-    ``leaderboards_dir``, ``*-analysis.csv`` aside) into ``out_dir``; ``results_dir`` is what the CSVs'
+    ``leaderboards_dir``, ``*-analysis.csv`` and ``*-verified.csv`` aside) into ``out_dir``; ``results_dir`` is what the CSVs'
     ``result_file`` is relative to. Returns the HTML path. Raises FileNotFoundError when a task has no
     leaderboard CSV, ValueError when the CSV of a task asked for by name is not a valid leaderboard (without
     ``tasks`` such a CSV is left out with a logged warning)."""
@@ -640,7 +673,8 @@ def make_report(leaderboards_dir: Path, results_dir: Path, out_dir: Path, tasks:
         tables[task] = analysis.analyze(df)
         plots, scatters, notes = _task_plots(task, df, results_dir, out_dir, styles, tables[task])
         log.info("report %s: %d plots, %d leaderboard rows", task, len(plots) + len(scatters), len(df))
-        sections.append(_task_html(task, df, plots, scatters, notes, tables[task]))
+        marks = verify.current(verify.read(leaderboards_dir, task), results_dir)
+        sections.append(_task_html(task, df, plots, scatters, notes, tables[task], marks))
     toc = "".join(f'<li><a href="#{html.escape(_slug(t))}">{html.escape(t)}</a></li>' for t in frames)
     page = (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>ncbench report</title>'
             f"<style>{STYLE}</style></head>\n<body><h1>ncbench report</h1>\n"

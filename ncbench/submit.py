@@ -23,6 +23,7 @@ from typing import Any
 
 from ncbench import leaderboard, sandbox
 from ncbench.analysis import is_analysis_file
+from ncbench.verify import is_verification_file
 from ncbench.backbones import build_backbone
 from ncbench.names import check_name as check_name_rule
 from ncbench.results import Status, bind_model_name
@@ -69,8 +70,10 @@ class SubmitOutcome:
 
 
 def leaderboard_tasks(leaderboards_dir: Path) -> list[str]:
-    """Tasks that have a leaderboard CSV (``<task>-analysis.csv`` files are not leaderboards)."""
-    return sorted(p.stem for p in Path(leaderboards_dir).glob("*.csv") if not is_analysis_file(p))
+    """Tasks that have a leaderboard CSV (``<task>-analysis.csv`` and ``<task>-verified.csv`` files are not
+    leaderboards)."""
+    return sorted(p.stem for p in Path(leaderboards_dir).glob("*.csv")
+                  if not is_analysis_file(p) and not is_verification_file(p))
 
 
 def check_name(name: str, spec: str, leaderboards_dir: Path, tasks: list[str]) -> None:

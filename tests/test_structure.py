@@ -21,7 +21,8 @@ FLOW = (
     ("results", ("ncbench.results",)),
     ("pipeline", ("ncbench.taskfiles", "ncbench.tasks", "ncbench.unit", "ncbench.sandbox", "ncbench.run",
                   "ncbench.executor")),
-    ("leaderboards", ("ncbench.ranking", "ncbench.analysis", "ncbench.leaderboard", "ncbench.compare", "ncbench.report")),
+    ("leaderboards", ("ncbench.verify", "ncbench.ranking", "ncbench.analysis", "ncbench.leaderboard", "ncbench.compare",
+                      "ncbench.report")),
     ("cli", ("ncbench.api", "ncbench.submit", "ncbench.cli", "ncbench.__main__")),
 )
 

@@ -358,6 +358,11 @@ def _write_cache(path: Path, images: np.ndarray, codepoints: np.ndarray) -> None
     atomic_write(path, buf.getvalue())
 
 
+# The loader option that re-renders the same classes with fresh distortions (``ncbench verify``'s fresh-seed
+# check); a procedurally generated dataset says so with this attribute on its registered loader.
+FRESH_SEED_OPTION = "distortion_seed"
+
+
 @register_dataset("glyphs")
 def load(
     *,
@@ -368,6 +373,7 @@ def load(
     classes: int | None = None,
     image_size: int = 32,
     cache_dir: str | os.PathLike | None = None,
+    distortion_seed: int | None = None,
 ) -> ImageDataset:
     """Characters rendered from matplotlib's bundled fonts, with seeded distortions (offline).
 
@@ -379,6 +385,10 @@ def load(
                     characters, returned in code-point order.
         image_size: side of the square grayscale images (default 32).
         cache_dir:  where renders are cached (default ``$NCBENCH_CACHE`` or ``~/.cache/ncbench``).
+        distortion_seed: None (default) = ``seed``; an int renders the same characters (still chosen by
+                    ``seed``) with other distortions: a fresh draw of the same distribution, which
+                    ``ncbench verify`` uses to expose a backbone that memorised the public images
+                    (:data:`FRESH_SEED_OPTION`).
 
     Images: uint8 [K * per_class, image_size, image_size, 1], strokes bright on dark. Class names are
     the characters themselves. Per-class split: the first ceil(0.75 * per_class) images of each class
@@ -386,6 +396,10 @@ def load(
     images are the raw form (transform record: mode L, resize [image_size, image_size], nothing else).
     """
     del root, download
+    if distortion_seed is not None and (not isinstance(distortion_seed, (int, np.integer))
+                                        or isinstance(distortion_seed, bool)):
+        raise DatasetError(f"glyphs: option 'distortion_seed' must be None or an integer, got {distortion_seed!r}")
+    render_seed = int(seed if distortion_seed is None else distortion_seed)
     for opt, value in (("per_class", per_class), ("image_size", image_size)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
             raise DatasetError(f"glyphs: option {opt!r} must be a positive integer, got {value!r}")
@@ -400,14 +414,14 @@ def load(
     else:
         raise DatasetError(f"glyphs: option 'classes' must be None or an int in 1..{len(usable)}, got {classes!r}")
     codepoints = np.asarray(chosen, dtype=np.int64)
-    key = json.dumps({"v": RENDERER_VERSION, "fonts": FONT_FILES, "seed": int(seed), "per_class": int(per_class),
+    key = json.dumps({"v": RENDERER_VERSION, "fonts": FONT_FILES, "seed": render_seed, "per_class": int(per_class),
                       "image_size": int(image_size), "codepoints": hashlib.sha256(codepoints.tobytes()).hexdigest()},
                      sort_keys=True)
     path = Path(cache_dir or default_cache_dir()) / "glyphs" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npz"
     shape = (len(chosen), int(per_class), int(image_size), int(image_size))
     images = _read_cache(path, codepoints, shape)
     if images is None:
-        images = render(chosen, int(per_class), int(seed), int(image_size))
+        images = render(chosen, int(per_class), render_seed, int(image_size))
         _write_cache(path, images, codepoints)
     else:
         log.info("glyphs: loaded %d classes from cache %s", len(chosen), path)
@@ -418,3 +432,6 @@ def load(
     flat = decode_arrays(images.reshape(-1, image_size, image_size, 1), transform)
     return ImageDataset(name="glyphs", images=flat, labels=labels, class_names=[chr(c) for c in chosen],
                         split=split, transform=transform)
+
+
+load.fresh_seed_option = FRESH_SEED_OPTION
