@@ -178,7 +178,7 @@ class ClassStatistics:
         rounding. Call it once, after the last ``update`` and before ``compute`` / ``referenced``, on
         every process (also those that saw no batch). No-op without an initialised process group.
         """
-        import torch.distributed as dist
+        import torch.distributed as dist  # lazy: only when statistics are merged across processes
 
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
             return self
@@ -400,7 +400,7 @@ class ReferencedStatistics:
         then ``referenced``) and call this once after its last ``update`` (also a process that saw no
         batch). One float64 all-reduce of 6 + 2r numbers. No-op without an initialised process group.
         """
-        import torch.distributed as dist
+        import torch.distributed as dist  # lazy: only when statistics are merged across processes
 
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
             return self
