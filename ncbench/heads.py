@@ -28,9 +28,11 @@ options of one NCC head, not separate heads. ``ncc-cl2n`` is kept as an alias of
 Fits are computed in float64 (the inputs may be any float dtype) and checked against sklearn's float64
 solutions. The ridge dual form centres the n x n gram rather than X (no centred copy of the support set);
 its rounding grows like (|common mean| / spread)^2 * 1e-16, about 1e-11 for an offset 100 x the spread.
-In :func:`episode_accuracy`, float32 features given to a head on raw features (ridge, plain NCC) have their
-queries scored in float32 with a proven error bound, and rescored in float64 where the bound does not
-separate the top class (:func:`_certified_argmax`): the predictions are those of the float64 scores.
+In :func:`episode_accuracy` the head's (row-wise) transform is applied once to the N feature rows, supports are
+solved in float64, and queries are scored in float32 (the features themselves when they are float32 and the head
+uses raw features, else the float32 rounding of the transformed float64 rows) with a proven error bound, and
+rescored in float64 where the bound does not separate the top class (:func:`_certified_argmax`): the
+predictions are those of the float64 scores.
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ from ncbench.registry import HEADS
 log = logging.getLogger(__name__)
 
 #: working memory of one chunk of episodes in :func:`episode_accuracy` when ``chunk_size`` is not given:
-#: a share of a last-level cache; chunks of about 5-30 five-way 640-d episodes measured fastest
-CHUNK_BUDGET_BYTES = 8 * 2**20
+#: a share of a last-level cache; chunks of about 32-64 five-way 640-d episodes measured fastest (per-chunk op
+#: launches against cache misses)
+CHUNK_BUDGET_BYTES = 32 * 2**20
 _F64 = 8
 
 
@@ -133,7 +136,8 @@ class Head:
     classes_: np.ndarray
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [..., m] float64 -> [..., m] float64; identity unless the head normalises features."""
+        """x: [..., m] float64 -> [..., m] float64; identity unless the head normalises features. Must map each row
+        on its own: :func:`episode_accuracy` applies it once to all N feature rows."""
         return x
 
     def solve(self, support_x: torch.Tensor, onehot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,9 +145,10 @@ class Head:
         raise NotImplementedError
 
     def bytes_per_episode(self, n_support: int, n_query: int, dim: int, ways: int) -> int:
-        """Approximate float64 working memory of one episode: its gathered features plus what :meth:`transform`
-        and :meth:`solve` allocate."""
-        return _F64 * (n_support + n_query) * dim
+        """Approximate working memory (bytes) of one episode in :func:`episode_accuracy`: its gathered features
+        (support in float64, plus a float32 copy; queries in float32), the float32 weight and the [n_q, W] scores
+        and bounds, plus what :meth:`solve` allocates (the subclasses add that)."""
+        return 12 * n_support * dim + 4 * n_query * dim + _F64 * (ways * dim + 6 * n_query * ways)
 
     # -- one support set
     def fit(self, X: Any, y: Any) -> "Head":
@@ -204,32 +209,46 @@ def _gamma(n: int, unit_roundoff: float) -> float:
     return n * unit_roundoff / (1 - n * unit_roundoff)
 
 
-def _certified_argmax(weight: torch.Tensor, bias: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
+def _certified_argmax(weight: torch.Tensor, bias: torch.Tensor, query_x: torch.Tensor, *,
+                      q_norm: torch.Tensor | None = None, exact_query: Any = None) -> torch.Tensor:
     """argmax_c of ``weight @ q + bias`` scored in float32, with float64 rescoring wherever float32 is not enough.
 
-    weight: [E, W, m] float64, bias: [E, W] float64, query_x: [E, n_q, m] float32 (exact inputs) -> [E, n_q] int64.
+    weight: [E, W, m] float64, bias: [E, W] float64, query_x: [E, n_q, m] float32 -> [E, n_q] int64;
+    q_norm: [E, n_q] float64, the 2-norms of query_x's rows (computed here when None).
+    Without ``exact_query`` the float32 queries are the exact inputs. With it they are the float32 roundings
+    of float64 queries ``q`` and ``exact_query(e, j)`` -> [len(e), m] float64 returns those rows of ``q``
+    (indices e, j as from ``nonzero``); the rounding adds ``u32 |w|.|q|`` (plus ``2^-149 |w|_1`` for subnormals).
+
     With w, b rounded to float32 (relative error u32) and the m + 1 term sum done in float32 in any order,
     each float32 score is within ``(gamma32_{m+1} + 2 u32) (|w|.|q| + |b|)`` of the exact score, and
-    ``|w|.|q| <= |w|_2 |q|_2`` (plus an absolute term for float32 underflow; overflow is never trusted).
-    Adding twice float64's own bound ``gamma64_{m+1}``, a query whose top float32
-    score minus its bound exceeds every other score plus its bound has the same argmax as the exact and the
-    float64 scores; the few other queries are rescored in float64.
+    ``|w|.|q| <= |w|_2 |q|_2 <= max_c |w_c|_2 |q|_2`` (plus an absolute term for float32 underflow; a query
+    whose ``max_c |w_c|_2 |q|_2 + |b|_max`` could let a float32 partial sum overflow is never trusted). Adding twice float64's own bound ``gamma64_{m+1}`` gives one bound per query, for all its
+    classes: a query whose two largest float32 scores differ by more than twice it has the same argmax as the
+    exact and the float64 scores (first index on exact ties, as torch's argmax); the few others are rescored in
+    float64.
     """
     m = weight.shape[2]
     u32, u64 = 2.0 ** -24, 2.0 ** -53
-    rel = 1.001 * (_gamma(m + 1, u32) + 2 * u32 + 2 * _gamma(m + 1, u64))
-    scores = torch.baddbmm(bias.to(torch.float32)[:, :, None], weight.to(torch.float32), query_x.transpose(1, 2))
-    q_norm = torch.linalg.vector_norm(query_x, dim=2).to(torch.float64)  # [E, n_q]; its rounding (< 1e-4) is in 1.001
-    bound = rel * (torch.linalg.vector_norm(weight, dim=2)[:, :, None] * q_norm[:, None, :] + bias.abs()[:, :, None])
-    bound += (m + 2) * 2.0 ** -126 * (1 + m ** 0.5 * q_norm[:, None, :])                    # float32 underflow
-    scores = scores.to(torch.float64)
-    pred = scores.argmax(1)                                                                   # [E, n_q]
-    upper = (scores + bound).scatter(1, pred[:, None], -math.inf).amax(1)
-    lower = (scores - bound).gather(1, pred[:, None])[:, 0]
-    unsure = ~(lower > upper) | ~torch.isfinite(scores).all(1)                                 # overflow: unsure
+    rel = 1.001 * (_gamma(m + 1, u32) + 2 * u32 + 2 * _gamma(m + 1, u64) + (u32 if exact_query is not None else 0))
+    # [E, n_q, W]: the class axis last, so the reductions over it are contiguous
+    scores = torch.baddbmm(bias.to(torch.float32)[:, None, :], query_x, weight.to(torch.float32).transpose(1, 2))
+    if q_norm is None:
+        q_norm = torch.linalg.vector_norm(query_x, dim=2).to(torch.float64)  # [E, n_q]; rounding (< 1e-4) in 1.001
+    w_max = torch.linalg.vector_norm(weight, dim=2).amax(1, keepdim=True)                      # [E, 1]
+    b_max = bias.abs().amax(1, keepdim=True)
+    size = torch.addcmul(b_max, q_norm, w_max)                  # [E, n_q]: bounds every float32 partial sum / (1 + u)
+    bound = size * rel + (m + 2) * 2.0 ** -126 * (1 + m ** 0.5 * q_norm)                        # + underflow
+    if exact_query is not None:                                                              # subnormal queries
+        bound += 2.0 ** -149 * m ** 0.5 * w_max
+    top, pred = scores.topk(2, dim=2) if scores.shape[2] > 1 else (scores.expand(-1, -1, 2), scores.argmax(2, True))
+    top = top.to(torch.float64)
+    # unsure: a margin not above twice the bound (or NaN), or a float32 partial sum that may have overflowed
+    unsure = ~(top[:, :, 0] - top[:, :, 1] > 2 * bound) | ~(size < 2.0 ** 127)
+    pred = pred[:, :, 0]
     e, j = unsure.nonzero(as_tuple=True)
     if len(e):
-        exact = torch.baddbmm(bias[e][:, :, None], weight[e], query_x[e, j].to(torch.float64)[:, :, None])
+        q = exact_query(e, j) if exact_query is not None else query_x[e, j].to(torch.float64)
+        exact = torch.baddbmm(bias[e][:, :, None], weight[e], q[:, :, None])
         pred[e, j] = exact[:, :, 0].argmax(1)
     return pred
 
@@ -249,29 +268,37 @@ class RidgeHead(Head):
     raw_features = True
 
     def solve(self, support_x, onehot):
-        x_mean, t_mean = support_x.mean(1, keepdim=True), onehot.mean(1, keepdim=True)   # [E, 1, m], [E, 1, W]
-        tc = onehot - t_mean
         n, m = support_x.shape[1:]
+        t_mean = onehot.mean(1, keepdim=True)                                             # [E, 1, W]
+        tc = onehot - t_mean
         if n < m:
             # centred gram (I - 11^T/n) X X^T (I - 11^T/n) from the n x n gram: no centred copy of X
-            gram = support_x @ support_x.transpose(1, 2)
-            row = gram.mean(2, keepdim=True)
-            gram = gram - row - row.transpose(1, 2) + row.mean(1, keepdim=True)
+            gram = torch.bmm(support_x, support_x.transpose(1, 2))
+            row = gram.mean(2, keepdim=True)                                              # [E, n, 1] = X mean(X)
+            gram = gram.sub_(row).sub_(row.transpose(1, 2)).add_(row.mean(1, keepdim=True))
             gram.diagonal(dim1=1, dim2=2).add_(self.alpha)
-            coef = torch.cholesky_solve(tc, torch.linalg.cholesky(gram))                  # [E, n, W]
-            # weight = coef^T Xc = coef^T X - (coef^T 1) mean(X)
-            weight = torch.baddbmm(coef.sum(1)[:, :, None] * x_mean, coef.transpose(1, 2), support_x, beta=-1)
-        else:
-            xc = support_x - x_mean
-            gram = xc.transpose(1, 2) @ xc
-            gram.diagonal(dim1=1, dim2=2).add_(self.alpha)
-            weight = torch.cholesky_solve(xc.transpose(1, 2) @ tc, torch.linalg.cholesky(gram)).transpose(1, 2)
+            chol, info = torch.linalg.cholesky_ex(gram)
+            if info.any():
+                raise ValueError("RidgeHead: the support gram is not positive definite (non-finite or huge features?)")
+            coef = torch.cholesky_solve(tc, chol).transpose(1, 2)                         # [E, W, n]
+            # weight = coef^T Xc = coef^T X - (coef^T 1) mean(X)^T = (coef - 1 mean(coef))^T X: centring the n
+            # coefficients replaces centring X. (Exactly, 1^T coef = 1^T tc / alpha = 0 as (Gc + alpha I) 1 = alpha 1,
+            # but its rounding, times a large mean(X), matters.) bias = mean(T) - weight mean(X) = mean(T) - coef^T row.
+            coef = coef - coef.mean(2, keepdim=True)
+            weight = torch.bmm(coef, support_x)
+            bias = t_mean[:, 0] - torch.bmm(coef, row)[:, :, 0]
+            return weight, bias
+        x_mean = support_x.mean(1, keepdim=True)                                          # [E, 1, m]
+        xc = support_x - x_mean
+        gram = xc.transpose(1, 2) @ xc
+        gram.diagonal(dim1=1, dim2=2).add_(self.alpha)
+        weight = torch.cholesky_solve(xc.transpose(1, 2) @ tc, torch.linalg.cholesky(gram)).transpose(1, 2)
         bias = t_mean[:, 0] - (weight @ x_mean.transpose(1, 2))[:, :, 0]
         return weight, bias
 
     def bytes_per_episode(self, n_support, n_query, dim, ways):
         k = min(n_support, dim)
-        extra = (n_support * dim if n_support >= dim else 0) + 3 * k * k + 2 * dim * ways  # (centred x,) gram, weight
+        extra = (n_support * dim if n_support >= dim else 0) + 3 * k * k + dim * ways  # (centred x,) gram, weight
         return super().bytes_per_episode(n_support, n_query, dim, ways) + _F64 * extra
 
 
@@ -303,8 +330,7 @@ class NCCHead(Head):
         return torch.nn.functional.normalize(x - self.center, dim=-1)
 
     def bytes_per_episode(self, n_support, n_query, dim, ways):
-        extra = (n_support + n_query) * dim if self.cl2n else 0                   # normalised copies
-        return super().bytes_per_episode(n_support, n_query, dim, ways) + _F64 * (extra + 2 * ways * dim)
+        return super().bytes_per_episode(n_support, n_query, dim, ways) + _F64 * 2 * ways * dim   # sums, weight
 
     def solve(self, support_x, onehot):
         means = onehot.transpose(1, 2) @ support_x / onehot.sum(1)[..., None]       # [E, W, m]
@@ -321,7 +347,9 @@ class LogisticHead(Head):
     episode instead of m * W + W. The intercept is invariant to adding a constant to every class; the
     Newton system adds the projector onto that direction, which gives the minimum-norm exact Newton step.
     Stops after the full Newton step taken once every episode's Newton decrement (about twice the gap to
-    the optimum) is below ``tol``.
+    the optimum) is below ``tol``. Once a full step with decrement below 1e-4 was taken, the next step is first
+    tried with that step's Hessian (a chord step: two triangular solves), and taken as the last one if its
+    decrement is below ``tol``; this saves the last Hessian, whose step is ~sqrt(tol) long anyway.
     """
 
     def __init__(self, C: float = 1.0, tol: float = 1e-12, max_iter: int = 50):
@@ -334,44 +362,94 @@ class LogisticHead(Head):
     def transform(self, x):
         return torch.nn.functional.normalize(x, dim=-1)
 
+    def _basis(self, support_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+        """support_x: [E, n, m] -> (z [E, n, r], map back, is_cholesky). When n < m: ``z = L``, the Cholesky factor
+        of the gram ``X X^T = L L^T``, so the orthonormal basis ``Q = X^T L^-T`` ([E, m, n]) of the row space is
+        never formed: a weight ``v^T Q^T = (L^-T v)^T X``. A chunk where some gram is nearly singular (a pivot
+        ``L_ii^2 < 1e-6 max_i G_ii``, e.g. repeated features: ``L^-1`` would amplify rounding) uses the QR of
+        ``X^T`` instead. When n >= m: z = X."""
+        E, n, m = support_x.shape
+        if n >= m:
+            return support_x, None, False
+        gram = torch.bmm(support_x, support_x.transpose(1, 2))
+        chol, info = torch.linalg.cholesky_ex(gram)
+        pivots = chol.diagonal(dim1=1, dim2=2)
+        if not info.any() and bool((pivots.amin(1) ** 2 > 1e-6 * gram.diagonal(dim1=1, dim2=2).amax(1)).all()):
+            return chol, chol, True
+        basis = torch.linalg.qr(support_x.transpose(1, 2))[0]                                # [E, m, n]
+        return support_x @ basis, basis, False
+
     def solve(self, support_x, onehot):
         E, n, m = support_x.shape
         ways = onehot.shape[2]
-        basis = torch.linalg.qr(support_x.transpose(1, 2))[0] if n < m else None   # [E, m, n]
-        z = support_x @ basis if basis is not None else support_x                    # [E, n, r]
-        z = torch.cat([z, z.new_ones(E, n, 1)], dim=2)                               # [E, n, r+1], bias last
+        z, back, is_chol = self._basis(support_x)
+        z = torch.cat([z, z.new_ones(E, n, 1)], dim=2)                               # [E, n, r1], bias last
         r1 = z.shape[2]
         c = self.C / 2 if ways == 2 else self.C                                     # sklearn's binary model
-        pen = torch.ones(r1, 1, dtype=z.dtype)
+        pen = torch.ones(r1, dtype=z.dtype)
         pen[-1] = 0                                                                  # intercept unpenalised
-        # projector onto the null direction (equal shift of every class intercept), in the flat (a, k) index
-        null = torch.zeros(r1, ways, dtype=z.dtype)
-        null[-1] = ways ** -0.5
-        null = null.reshape(-1)
-        null_proj = torch.outer(null, null)
+        pen_col = pen[:, None]
+        # U = [Q, u]: Q's column i is p_i (x) z_i (the Hessian's data part is M - c Q Q^T with M block-diagonal
+        # over classes), u the unit direction that shifts every class intercept equally (the null direction)
+        null = torch.zeros(E, ways, r1, 1, dtype=z.dtype)
+        null[:, :, -1] = ways ** -0.5
+        inner_diag = torch.full((n + 1,), -1 / c, dtype=z.dtype)
+        inner_diag[-1] = 1.0
 
         def objective(v):
             logits = z @ v
             loss = (torch.logsumexp(logits, -1) - (logits * onehot).sum(-1)).sum(-1)
-            return c * loss + 0.5 * (pen * v * v).sum((1, 2))
+            return c * loss + 0.5 * (pen_col * v * v).sum((1, 2))
+
+        def newton_step(grad, chol, xu, lu):
+            """-H^-1 grad from the factors of H: chol [E, W, r1, r1] of M's blocks, xu = L^-1 [Q u] [E, W r1, n+1]
+            and the LU of the inner (n+1) x (n+1) matrix. Woodbury: H^-1 g = M^-1 (g - [Q u] y) with y the inner
+            solve of [Q u]^T M^-1 g."""
+            lg = torch.linalg.solve_triangular(chol, grad.transpose(1, 2)[..., None], upper=False)
+            lg = lg.reshape(E, ways * r1, 1)
+            y = torch.linalg.lu_solve(*lu, xu.transpose(1, 2) @ lg)                     # [E, n+1, 1]
+            lg = torch.baddbmm(lg, xu, y, alpha=-1)
+            step = -torch.linalg.solve_triangular(chol.transpose(2, 3), lg.view(E, ways, r1, 1), upper=True)
+            return step[..., 0].transpose(1, 2)                                          # [E, r1, W]
 
         v = z.new_zeros(E, r1, ways)
         f = objective(v)
+        factors = None   # the last Hessian's factors, kept once the iterates are close (quadratic regime)
+        first = True
         for _ in range(self.max_iter):
             p = torch.softmax(z @ v, dim=-1)                                         # [E, n, W]
-            grad = c * z.transpose(1, 2) @ (p - onehot) + pen * v                    # [E, r1, W]
-            zp = z[:, :, :, None] * p[:, :, None, :]                                 # [E, n, r1, W]
-            diag_blocks = torch.einsum("eiak,eib->eakb", zp, z)                      # [E, r1, W, r1]
-            hess = -c * (zp.reshape(E, n, -1).transpose(1, 2) @ zp.reshape(E, n, -1))  # [E, D, D]
-            hess = hess.view(E, r1, ways, r1, ways)
-            hess += c * diag_blocks[..., None] * torch.eye(ways, dtype=z.dtype).view(ways, 1, ways)  # delta_kl
-            hess = hess.view(E, r1 * ways, r1 * ways)
-            hess.diagonal(dim1=1, dim2=2).add_(pen.expand(r1, ways).reshape(-1))
-            hess += null_proj
-            g = grad.reshape(E, -1, 1)
-            step = -torch.cholesky_solve(g, torch.linalg.cholesky(hess))
-            decrement = -(g * step).sum((1, 2))                                      # [E] >= 0
-            step = step.view(E, r1, ways)
+            grad = c * z.transpose(1, 2) @ (p - onehot) + pen_col * v                # [E, r1, W]
+            if factors is not None:
+                # the previous Hessian's step: if its decrement is already below tol, the exact Newton step
+                # (~sqrt(tol) long) would differ from it by ~|H_k - H_k-1| / |H| ~ sqrt(previous decrement) relative
+                step = newton_step(grad, *factors)
+                decrement = -(grad * step).sum((1, 2))
+                if float(decrement.max()) <= self.tol:
+                    v = v + step
+                    break
+            # Hessian (class-major) = M - c Q Q^T + u u^T, M = blockdiag_k(c Z^T diag(p_k) Z + diag(pen)):
+            # Woodbury with the Cholesky factors L_k of the W blocks r1 x r1 and an (n + 1) x (n + 1) system;
+            # X = L_k^-1 [p_k z, u_k] [E, W, r1, n + 1], and one product over the stacked blocks gives
+            # [Q u]^T M^-1 [Q u]
+            # at v = 0 (the first step) p = 1/W for every class: the W blocks and their X are equal, one is formed
+            k = 1 if first else ways
+            pk = p.transpose(1, 2)[:, :k, None, :]                                       # [E, k, 1, n]
+            zp = z.transpose(1, 2)[:, None] * pk                                         # [E, k, r1, n]: p_ik z_i
+            blocks = torch.matmul(zp, z[:, None]).mul_(c)                               # [E, k, r1, r1]
+            blocks.diagonal(dim1=2, dim2=3).add_(pen)
+            chol = torch.linalg.cholesky(blocks)
+            xu = torch.linalg.solve_triangular(chol, torch.cat([zp, null[:, :k]], 3), upper=False)
+            xu = xu.reshape(E, k * r1, n + 1)
+            inner = torch.bmm(xu.transpose(1, 2), xu)                                    # [E, n+1, n+1]
+            if first:
+                inner *= ways
+                chol = chol.expand(E, ways, r1, r1)
+                xu = xu[:, None].expand(E, ways, r1, n + 1).reshape(E, ways * r1, n + 1)
+                first = False
+            inner.diagonal(dim1=1, dim2=2).add_(inner_diag)
+            factors = chol, xu, torch.linalg.lu_factor(inner)
+            step = newton_step(grad, *factors)
+            decrement = -(grad * step).sum((1, 2))                                   # [E] >= 0
             if float(decrement.max()) <= self.tol:  # quadratic regime: a last full step, then stop
                 v = v + step
                 break
@@ -384,18 +462,24 @@ class LogisticHead(Head):
                 t = torch.where(ok, t, t / 2)
             v = v + t[:, None, None] * step
             f = f_new
+            if not (float(decrement.max()) <= 1e-4 and bool((t == 1).all())):
+                factors = None
         else:
             log.warning("LogisticHead: Newton stopped after max_iter=%d iterations, largest Newton decrement "
                         "%.3g > tol=%.3g", self.max_iter, float(decrement.max()), self.tol)
         weight = v[:, :-1].transpose(1, 2)                                             # [E, W, r]
-        if basis is not None:
-            weight = weight @ basis.transpose(1, 2)
+        if is_chol:      # weight rows v_k^T L^-1 X
+            weight = torch.linalg.solve_triangular(back.transpose(1, 2), v[:, :-1], upper=True).transpose(1, 2)
+            weight = weight @ support_x
+        elif back is not None:
+            weight = weight @ back.transpose(1, 2)
         return weight, v[:, -1]
 
     def bytes_per_episode(self, n_support, n_query, dim, ways):
-        r = min(n_support, dim)
-        d = (r + 1) * ways
-        extra = (n_support + n_query) * dim + dim * r + 3 * d * d + 2 * n_support * d  # normalised x, basis, Newton
+        r1 = min(n_support, dim) + 1
+        # gram and z; p_i z_i, the W blocks and their factors; the Woodbury columns (twice) and (n+1)^2 system
+        extra = n_support * (n_support + r1) + ways * n_support * r1 + 2 * ways * r1 * r1 \
+            + 2 * ways * r1 * (n_support + 1) + 2 * (n_support + 1) ** 2 + dim * ways
         return super().bytes_per_episode(n_support, n_query, dim, ways) + _F64 * extra
 
 
@@ -450,9 +534,6 @@ def episode_accuracy(head: Head, features: Any, support: Any, support_labels: An
     feats = torch.as_tensor(features)
     if feats.ndim != 2 or not feats.is_floating_point():
         raise ValueError(f"features: expected a [N, m] float array, got {feats.dtype} with shape {tuple(feats.shape)}")
-    # float32 features and a head on raw features: queries are scored in float32 with a float64 guarantee
-    fast = feats.dtype == torch.float32 and head.raw_features
-    feats = (feats if fast else feats.to(torch.float64)).contiguous()
     if not torch.isfinite(feats).all():
         raise ValueError("features: contains NaN or infinite values")
     n_total, dim = feats.shape
@@ -475,20 +556,37 @@ def episode_accuracy(head: Head, features: Any, support: Any, support_labels: An
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
     chunk_size = min(chunk_size, E)
 
-    rows = torch.cat([sup, qry], dim=1)                                     # [E, n_s + n_q]
-    buf = feats.new_empty(chunk_size * (n_s + n_q), dim)                   # reused: no page faults per chunk
-    sup64 = feats.new_empty(chunk_size * n_s, dim, dtype=torch.float64) if fast else None
+    # The head's transform maps each feature row on its own, so it is applied once to the N rows rather than to
+    # every episode's copies. Supports are solved in float64; queries are scored in float32 by _certified_argmax,
+    # which returns the argmax of the float64 scores. Float32 features on a raw-feature head stay float32 (the
+    # queries are then exact); otherwise the float64 (transformed) features are kept and rounded to float32 once.
+    if head.raw_features and feats.dtype == torch.float32:
+        feats64, feats32 = None, feats.contiguous()
+    else:
+        feats64 = head.transform(feats.to(torch.float64)).contiguous()                    # [N, m]
+        feats32 = feats64.to(torch.float32)
+    norms32 = torch.linalg.vector_norm(feats32, dim=1).to(torch.float64)                 # [N], of the float32 rows
+    sup_buf = feats32.new_empty(chunk_size * n_s, dim, dtype=torch.float64)   # reused: no page faults per chunk
+    sup32_buf = feats32.new_empty(chunk_size * n_s, dim) if feats64 is None else None
+    qry_buf = feats32.new_empty(chunk_size * n_q, dim)
     preds = np.empty((E, n_q), dtype=np.int64)
     correct = 0
     with tqdm(total=E, desc=f"{type(head).__name__} episodes", unit="ep", disable=None, leave=False) as bar:
         for lo in range(0, E, chunk_size):
             hi = min(lo + chunk_size, E)
             k = hi - lo
-            x = torch.index_select(feats, 0, rows[lo:hi].reshape(-1), out=buf[: k * (n_s + n_q)])
-            x = x.view(k, n_s + n_q, dim)
-            sx = sup64[: k * n_s].view(k, n_s, dim).copy_(x[:, :n_s]) if fast else x[:, :n_s]
-            preds[lo:hi] = head._predict_checked(sx, onehot[lo:hi], x[:, n_s:]).numpy()
-            correct += int((preds[lo:hi] == qry_y[lo:hi]).sum())
+            s_rows, q_rows = sup[lo:hi].reshape(-1), qry[lo:hi]
+            if feats64 is None:
+                sx32 = torch.index_select(feats32, 0, s_rows, out=sup32_buf[: k * n_s])
+                sx = sup_buf[: k * n_s].copy_(sx32)
+            else:
+                sx = torch.index_select(feats64, 0, s_rows, out=sup_buf[: k * n_s])
+            qx = torch.index_select(feats32, 0, q_rows.reshape(-1), out=qry_buf[: k * n_q]).view(k, n_q, dim)
+            weight, bias = head.solve(sx.view(k, n_s, dim), onehot[lo:hi])
+            exact_query = None if feats64 is None else (lambda e, j, q_rows=q_rows: feats64[q_rows[e, j]])
+            pred = _certified_argmax(weight, bias, qx, q_norm=norms32[q_rows], exact_query=exact_query).numpy()
+            preds[lo:hi] = pred
+            correct += int((pred == qry_y[lo:hi]).sum())
             bar.update(k)
             bar.set_postfix(acc=f"{correct / (hi * n_q):.4f}", refresh=False)
     acc = (preds == qry_y).mean(axis=1, dtype=np.float64)

@@ -13,7 +13,8 @@ from conftest import tiny_task_dict
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(p.name for p in (ROOT / "benchmarks").iterdir() if p.is_file() and p.suffix in (".py", ".sh"))
 
-# script -> (arguments of a small run (``{task}`` is a tiny task file), a line its output must hold)
+# script -> (arguments of a small run (``{task}`` is a tiny task file), a line its output must hold), or a list of
+# such runs for a script with several modes
 SMALL = {
     "contention.py": (["--task", "{task}", "--source-classes", "4", "--seeds", "0", "--spinners", "1",
                        "--modes", "passive"], "passive slowdown"),
@@ -21,7 +22,10 @@ SMALL = {
                     "leaderboard identical: True"),
     "heads.py": (["--episodes", "40", "--subset", "4", "--classes", "12", "--per-class", "20", "--dim", "16",
                   "--repeat", "1"], "ridge speed-up"),
-    "metrics.py": (["--classes", "20", "--samples", "2000", "--dim", "16", "--batch-size", "500"], "ratio per-pair loop"),
+    "metrics.py": [(["--classes", "20", "--samples", "2000", "--dim", "16", "--batch-size", "500", "--repeat", "1"],
+                    "ratio per-pair loop"),
+                   (["--extrapolate", "--classes", "20", "--dim", "16", "--extrapolate-sizes", "400", "800",
+                     "--batch-size", "200"], "extrapolated to ImageNet scale")],
     "pretrain.py": (["--backbone", "tiny-conv", "--classes", "4", "--per-class", "12", "--epochs", "1", "--repeats", "1",
                      "--batch-size", "16", "--collapse-epochs", "2", "--threads", "1", "--efficiency-models", "tiny-conv",
                      "--efficiency-steps", "1", "--peak-batch", "32", "--skip-compile"], "collapse of tiny-conv"),
@@ -47,12 +51,14 @@ def test_gpu_check_refuses_cleanly_without_a_gpu(tmp_path):
     assert proc.returncode == 2 and "gpu_check: no NVIDIA GPU visible" in proc.stderr
 
 
+RUNS = [(script, *run) for script, runs in sorted(SMALL.items()) for run in (runs if isinstance(runs, list) else [runs])]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("script", sorted(SMALL))
-def test_benchmark_runs_at_a_small_size(script, tmp_path):
+@pytest.mark.parametrize("script,args,expected", RUNS, ids=[f"{s}-{i}" for i, (s, *_) in enumerate(RUNS)])
+def test_benchmark_runs_at_a_small_size(script, args, expected, tmp_path):
     task = tmp_path / "tiny.yaml"
     task.write_text(yaml.safe_dump(tiny_task_dict(pretrain={"epochs": 2, "batch_size": 16, "track_every": 1})))
-    args, expected = SMALL[script]
     runner = [sys.executable] if script.endswith(".py") else ["bash"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "NCBENCH_CACHE": str(tmp_path / "cache")}

@@ -299,3 +299,96 @@ def test_build_head_passes_context_only_to_heads_that_take_it():
     assert build_head({"name": "ridge", "alpha": 3.0}, center=center).alpha == 3.0
     with pytest.raises(ValueError, match="unknown option"):
         build_head({"name": "ridge", "beta": 1.0})
+
+
+@pytest.mark.parametrize("offset", [0.0, 5.0])
+def test_ridge_dual_form_equals_the_primal_solution(offset):
+    # the dual form (n x n gram, centred coefficients, bias from the gram's row means) against the float64
+    # primal normal equations in numpy: (Xc^T Xc + alpha I) w = Xc^T Tc, b = mean(T) - mean(X) w
+    sx, sy, _, _ = make_episodes(6, 5, 3, 4, 40, seed=12)
+    sx = sx + offset
+    weight, bias = RidgeHead(0.5).solve(torch.as_tensor(sx), torch.nn.functional.one_hot(torch.as_tensor(sy)).double())
+    for e in range(len(sx)):
+        t = np.eye(5)[sy[e]]
+        xc, tc = sx[e] - sx[e].mean(0), t - t.mean(0)
+        w = np.linalg.solve(xc.T @ xc + 0.5 * np.eye(40), xc.T @ tc).T
+        b = t.mean(0) - w @ sx[e].mean(0)
+        np.testing.assert_allclose(weight[e].numpy(), w, rtol=0, atol=1e-10 * np.abs(w).max())
+        np.testing.assert_allclose(bias[e].numpy(), b, rtol=0, atol=1e-10 * max(1.0, np.abs(b).max()))
+
+
+def logistic_objective(w, b, x, y, C):
+    """sklearn's objective at a softmax head w [W, m], b [W] (two classes: its binary model in w_1 - w_0)."""
+    if len(w) == 2:
+        v, c = w[1] - w[0], b[1] - b[0]
+        return C * np.logaddexp(0, -np.where(y == 1, 1.0, -1.0) * (x @ v + c)).sum() + 0.5 * v @ v
+    logits = x @ w.T + b
+    lse = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+    return C * (lse - logits[np.arange(len(y)), y]).sum() + 0.5 * (w * w).sum()
+
+
+@pytest.mark.parametrize("ways,shots,dim,C", [(5, 5, 64, 1.0), (5, 1, 32, 10.0), (2, 4, 20, 1.0), (3, 10, 8, 0.5)])
+def test_logistic_objective_is_at_most_sklearns(ways, shots, dim, C):
+    sx, sy, _, _ = make_episodes(8, ways, shots, 5, dim, seed=13 + dim, spread=0.3)
+    for e in range(len(sx)):
+        s = unit_rows(sx[e])
+        head = LogisticHead(C=C).fit(sx[e], sy[e])
+        ours = logistic_objective(head.weight_.numpy(), head.bias_.numpy(), s, sy[e], C)
+        ref = LogisticRegression(C=C, max_iter=1000).fit(s, sy[e])
+        coef, icpt = ref.coef_, ref.intercept_
+        if ways == 2:
+            coef, icpt = np.vstack([0 * coef[0], coef[0]]), np.array([0.0, icpt[0]])
+        assert ours <= logistic_objective(coef, icpt, s, sy[e], C) * (1 + 1e-6)
+
+
+def test_logistic_with_a_repeated_support_feature_uses_the_qr_basis():
+    # a repeated support row makes the gram singular: the Cholesky basis is refused, the QR basis used
+    sx, sy, qx, _ = make_episodes(3, 5, 3, 10, 32, seed=14, spread=0.3)
+    sx[:, 1] = sx[:, 0]  # (the labels may differ: still a well-posed regularised problem)
+    head = LogisticHead()
+    for e in range(len(sx)):
+        z, back, is_chol = head._basis(torch.as_tensor(unit_rows(sx[e]))[None])
+        assert not is_chol
+        head.fit(sx[e], sy[e])
+        s = unit_rows(sx[e])
+        logits = s @ head.weight_.numpy().T + head.bias_.numpy()
+        resid = np.exp(logits - logits.max(1, keepdims=True))
+        resid = resid / resid.sum(1, keepdims=True) - np.eye(5)[sy[e]]
+        assert np.abs(s.T @ resid + head.weight_.numpy().T).max() < 1e-8 and np.abs(resid.sum(0)).max() < 1e-8
+
+
+@pytest.mark.parametrize("name", ["ncc-cl2n", "logistic"])
+def test_transformed_features_give_the_per_episode_predictions(name):
+    # episode_accuracy transforms the N feature rows once and scores float32 roundings of the transformed queries
+    # (rescoring near-ties in float64): the predictions of the per-episode float64 path
+    rng = np.random.default_rng(15)
+    labels = np.repeat(np.arange(10), 20)
+    feats = np.maximum(rng.normal(size=(10, 48))[labels] + 2.0 * rng.normal(size=(200, 48)), 0).astype(np.float32)
+    from ncbench.episodes import sample_episodes
+
+    ep = sample_episodes(labels, np.arange(10), ways=5, shots=2, queries=10, count=40, seed=1)
+    head = build_head({"name": name}, center=feats.mean(0))
+    acc, pred = episode_accuracy(head, feats, ep.support, ep.support_labels, ep.query, ep.query_labels,
+                                 return_predictions=True, chunk_size=7)
+    expected = head.predict_episodes(feats[ep.support].astype(np.float64), ep.support_labels,
+                                     feats[ep.query].astype(np.float64))
+    np.testing.assert_array_equal(pred, expected)
+    np.testing.assert_array_equal(acc, (expected == ep.query_labels).mean(1))
+
+
+def test_certified_argmax_with_rounded_queries_returns_the_float64_argmax():
+    from ncbench.heads import _certified_argmax
+
+    rng = np.random.default_rng(16)
+    w = torch.as_tensor(rng.normal(size=(3, 2, 64)))
+    d = (w[:, 1] - w[:, 0])[:, None, :]                                  # [3, 1, 64]
+    r = torch.as_tensor(rng.normal(size=(3, 300, 64)))
+    # queries almost orthogonal to w_1 - w_0: the score gap (~1e-9) is below what rounding q to float32 moves
+    q64 = r - (r * d).sum(2, keepdim=True) / (d * d).sum(2, keepdim=True) * d
+    q64 = q64 + 1e-9 * torch.as_tensor(rng.normal(size=(3, 300, 1))) * d
+    b = torch.zeros(3, 2, dtype=torch.float64)
+    exact = torch.baddbmm(b[:, :, None], w, q64.transpose(1, 2)).argmax(1)
+    q32 = q64.to(torch.float32)
+    got = _certified_argmax(w, b, q32, exact_query=lambda e, j: q64[e, j])
+    torch.testing.assert_close(got, exact)
+    assert (_certified_argmax(w, b, q32) != exact).any()  # the float32 queries alone give other answers

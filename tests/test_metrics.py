@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import ncbench.metrics as M
-from ncbench.metrics import kernels
+from ncbench.metrics import kernels, streaming
 from ncbench.registry import METRICS
 
 RTOL = 1e-9
@@ -229,6 +229,7 @@ def test_row_chunks_give_the_same_numbers(monkeypatch):
     W = np.random.default_rng(0).standard_normal((4, 6))
     whole = M.collapse_report(F, y, F[:50], y[:50], weight=W)
     monkeypatch.setattr(kernels, "CHUNK_ELEMENTS", 40)  # chunks of a handful of rows
+    monkeypatch.setattr(kernels, "SHIFT_CHUNK_ELEMENTS", 40)  # and in pass 1
     chunked = M.collapse_report(F, y, F[:50], y[:50], weight=W)
     for key in whole:
         assert close(chunked[key], whole[key]), key
@@ -316,6 +317,38 @@ def test_float32_tight_classes_keep_their_variance():
         stats.update(F[part], y[part])
     assert close(stats.compute()["cdnv"], want)
     assert close(stats.compute()["nc1"], bf_nc1(exact, y))  # Σ_W from the merged scatter
+
+
+@pytest.mark.parametrize("cancellation", [streaming.CANCELLATION, 2.0], ids=["default", "always-recompute"])
+def test_a_class_far_from_its_reference_keeps_the_variance_exact(monkeypatch, cancellation):
+    """A batch is shifted per class by the running class mean (or, for a new class, its first sample);
+    a class that drifts by 1e6 standard deviations between batches, or whose first sample is an outlier,
+    keeps its exact variance. With ``CANCELLATION`` = 2 every class takes the two-pass recomputation."""
+    monkeypatch.setattr(streaming, "CANCELLATION", cancellation)
+    rng = np.random.default_rng(12)
+    K, m, n = 3, 5, 40
+    y = np.tile(np.arange(K), n)
+    F = 100.0 * y[:, None] + 1e-3 * rng.standard_normal((K * n, m))
+    F[len(y) // 2:][y[len(y) // 2:] == 0] += 1e3  # class 0 jumps half-way
+    F[1] -= 50.0  # class 1's first sample, its reference, is an outlier
+    for data in (F, F.astype(np.float32)):
+        exact = data.astype(np.float64)
+        want = [np.mean(np.sum((exact[y == k] - exact[y == k].mean(0)) ** 2, axis=1)) for k in range(K)]
+        stats = M.ClassStatistics(within_scatter=False)
+        for part in np.array_split(np.arange(len(y)), 2):
+            stats.update(data[part], y[part])
+        np.testing.assert_allclose(stats.variances().numpy(), want, rtol=RTOL)
+        assert close(stats.compute()["cdnv"], bf_cdnv(exact, y))
+        assert close(M.cdnv(data, y), bf_cdnv(exact, y))
+
+
+def test_nan_features_are_named():
+    F, y = make_data(3, 4, [5, 5, 5], seed=13)
+    F[4, 2] = np.nan
+    with pytest.raises(ValueError, match="train_features contains NaN or inf"):
+        M.ncc_accuracy(F, y, F, y)
+    with pytest.raises(ValueError, match="features contains NaN or inf"):
+        M.ClassStatistics(within_scatter=False).update(F, y)
 
 
 # ------------------------------------------------------------------------------------ streaming
@@ -580,3 +613,24 @@ def test_dead_units_do_not_make_nc1_infinite():
     assert np.isfinite(M.nc1(dead, y))
     report = M.collapse_report(dead, y, dead, y)
     assert close(report["nc1"], bf_nc1(F, y)) and close(report["strong_test_collapse"], bf_nc1(F, y))
+
+
+def test_float32_screened_decisions_are_the_float64_ones():
+    """NCC and classifier decisions come from a float32 product except near-ties, recomputed in float64:
+    on random rows, rows with exact ties (duplicate classifier rows) and rows halfway between two means,
+    they equal the float64 argmax everywhere."""
+    rng = np.random.default_rng(14)
+    K, m, n = 30, 40, 3000
+    w = torch.from_numpy(rng.standard_normal((K, m)))
+    w[7] = w[3]  # exact ties: the lower index must win, as with torch.argmax in float64
+    b = torch.from_numpy(rng.standard_normal(K))
+    b[7] = b[3]
+    x = torch.from_numpy(rng.standard_normal((n, m)) * 5)
+    decision = kernels.LinearDecision(w, b)
+    assert decision.screen
+    np.testing.assert_array_equal(decision.argmax(x).numpy(), decision.exact(x).numpy())
+    means = torch.from_numpy(rng.standard_normal((K, m)) + 100.0)
+    halfway = (means[rng.integers(0, K, n)] + means[rng.integers(0, K, n)]) / 2
+    rows = torch.cat([halfway, halfway + 1e-9 * x, means[rng.integers(0, K, n)] + 0.3 * x])
+    np.testing.assert_array_equal(kernels.NearestMeanDecision(means).argmax(rows).numpy(),
+                                  kernels.nearest_mean(rows, means).numpy())

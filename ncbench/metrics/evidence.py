@@ -77,8 +77,9 @@ class SourceEvidence:
 
     @cached_property
     def test_ref(self) -> ReferencedStatistics:
-        """Pass 2 of the test features against the train means."""
-        return _referenced(self.train_stats, self.test_features, self.test_labels, TEST_NAMES)
+        """Pass 2 of the test features against the train means (with the classifier, for its accuracy)."""
+        return _referenced(self.train_stats, self.test_features, self.test_labels, TEST_NAMES, weight=self.weight,
+                           bias=self.bias)
 
     @cached_property
     def test_pass(self) -> dict[str, float]:

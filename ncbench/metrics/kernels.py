@@ -39,11 +39,12 @@ def _as_tensor(x, name: str) -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(arr))
 
 
-def as_features(features, name: str = "features") -> torch.Tensor:
+def as_features(features, name: str = "features", check_finite: bool = True) -> torch.Tensor:
     """Validate ``features: [N, m]`` real (torch or numpy, any float dtype); returned in its own dtype.
 
     Float64 conversion happens per row chunk (:func:`row_chunks`), so a float32 input is never copied
-    whole. NaN/inf values raise ``ValueError``.
+    whole. NaN/inf values raise ``ValueError`` (``check_finite=False`` skips that read of the whole
+    input, for callers that find non-finite values in their own results and then call this again).
     """
     f = _as_tensor(features, name)
     if f.is_complex() or f.dtype == torch.bool:
@@ -53,7 +54,7 @@ def as_features(features, name: str = "features") -> torch.Tensor:
     if f.shape[0] == 0 or f.shape[1] == 0:
         raise ValueError(f"{name} must have at least one sample and one dimension, got shape {tuple(f.shape)}")
     # one reduction: finite unless a NaN/inf is present or the sum overflows (then look element-wise)
-    if f.is_floating_point() and not bool(torch.isfinite(f.sum())) and not bool(torch.isfinite(f).all()):
+    if check_finite and f.is_floating_point() and not bool(torch.isfinite(f.sum())) and not bool(torch.isfinite(f).all()):
         raise ValueError(f"{name} contains NaN or inf values")
     return f
 
@@ -78,9 +79,17 @@ def compute_device(features: torch.Tensor) -> torch.device:
 def encode_labels(labels: torch.Tensor, name: str = "labels") -> tuple[torch.Tensor, torch.Tensor]:
     """``labels: [N]`` int64 -> (``classes: [K]`` sorted unique values, ``codes: [N]`` in 0..K-1).
 
+    Labels spanning a range of at most 4N + 1024 values are encoded by counting (O(N), no sort).
     Raises ``ValueError`` for fewer than 2 classes.
     """
-    classes, codes = torch.unique(labels, sorted=True, return_inverse=True)
+    low = int(labels.min()) if labels.numel() else 0
+    span = int(labels.max()) - low + 1 if labels.numel() else 0
+    if 0 < span <= 4 * labels.numel() + 1024:
+        present = torch.bincount(labels - low, minlength=span) > 0
+        classes = present.nonzero().squeeze(1) + low
+        codes = (torch.cumsum(present, 0) - 1)[labels - low]
+    else:
+        classes, codes = torch.unique(labels, sorted=True, return_inverse=True)
     if classes.numel() < 2:
         raise ValueError(f"{name} must contain at least 2 classes, got {classes.tolist()}")
     return classes, codes
@@ -123,6 +132,28 @@ def row_chunks(features: torch.Tensor, width: int, device: torch.device) -> Iter
     for start in range(0, n, step):
         rows = slice(start, min(n, start + step))
         yield rows, features[rows].to(device=device, dtype=DTYPE)
+
+
+SHIFT_CHUNK_ELEMENTS = 1 << 18  # float64 values of the reused [rows, m] buffer of shifted_chunks (2 MiB: in cache)
+
+
+def shifted_chunks(features: torch.Tensor, codes: torch.Tensor,
+                   reference: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Yield ``(rows, x)`` with ``x: [rows, m]`` float64 = features[rows] − reference[codes[rows]].
+
+    ``features: [N, m]`` any float dtype, ``codes: [N]`` in 0..K−1 and ``reference: [K, m]`` float64 on
+    the compute device. The conversion and the subtraction write one reused cache-sized buffer: ``x`` is
+    overwritten by the next step, so consume it before asking for the next chunk.
+    """
+    n, dim = features.shape
+    step = max(1, min(n, SHIFT_CHUNK_ELEMENTS // max(dim, 1)))
+    buffer = torch.empty(step, dim, dtype=DTYPE, device=reference.device)
+    for start in range(0, n, step):
+        rows = slice(start, min(n, start + step))
+        x = buffer[: rows.stop - start]
+        torch.index_select(reference, 0, codes[rows], out=x)
+        torch.sub(features[rows].to(device=reference.device), x, out=x)
+        yield rows, x
 
 
 # ------------------------------------------------------------------------------- class statistics
@@ -282,3 +313,82 @@ def classifier_argmax(chunk: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     if bias is not None:
         logits += bias
     return torch.argmax(logits, dim=1)
+
+
+# ------------------------------------------------- float32 screening of float64 decisions (argmax)
+def float32_products_exact_enough(device: torch.device) -> bool:
+    """Whether float32 matrix products on ``device`` are plain IEEE float32 dot products (no TF32 / bf16
+    shortcuts), the assumption of :func:`screened_argmax`'s error bound."""
+    if torch.get_float32_matmul_precision() != "highest":
+        return False
+    return device.type != "cuda" or not torch.backends.cuda.matmul.allow_tf32
+
+
+class LinearDecision:
+    """argmax_c ⟨w_c, x⟩ + b_c over rows x, decided in float32 where that is provably the float64 decision.
+
+    weight: ``[K, m]`` float64, bias: ``[K]`` float64 or None. :meth:`argmax` computes the scores with a
+    float32 product; the float32 score of class c differs from the exact one by at most
+    E·‖x‖·‖w_c‖ + tiny, E = (m + 4)·2⁻²⁴ / (1 − (m + 4)·2⁻²⁴) (rounding x and w to float32, and the
+    γ_m bound of an m-term float32 dot product). A row whose float32 top-two margin exceeds twice that
+    bound has the same argmax in exact arithmetic, hence in float64; the other rows (near-ties) are
+    recomputed in float64 — so the decisions are the float64 ones, at float32 product speed.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        self.weight, self.bias = weight, bias
+        k, m = weight.shape
+        self.screen = k >= 2 and float32_products_exact_enough(weight.device)
+        if self.screen:
+            u = 2.0**-24
+            self.rel = (m + 4) * u / (1 - (m + 4) * u)
+            self.weight32 = weight.to(torch.float32)
+            self.wmax = float(torch.linalg.vector_norm(weight, dim=1).max())
+            self.bmax = 0.0 if bias is None else float(bias.abs().max())
+            # float32 range: products below 2^-100 may underflow (absolute slack), above 2^100 fall back
+            self.screen = bool(torch.isfinite(self.weight32).all()) and self.wmax < 2.0**60
+
+    def exact(self, x: torch.Tensor) -> torch.Tensor:
+        """float64 argmax for ``x: [n, m]`` float64 -> ``[n]``."""
+        logits = x @ self.weight.T
+        if self.bias is not None:
+            logits += self.bias
+        return torch.argmax(logits, dim=1)
+
+    def argmax(self, x: torch.Tensor) -> torch.Tensor:
+        """``x: [n, m]`` float64 -> ``[n]`` int64, equal to :meth:`exact` (ties to the lower class index)."""
+        if not self.screen:
+            return self.exact(x)
+        norms = torch.linalg.vector_norm(x, dim=1)
+        if not bool(norms.max() < 2.0**60):
+            return self.exact(x)
+        scores = (x.to(torch.float32) @ self.weight32.T).to(DTYPE)
+        if self.bias is not None:
+            scores += self.bias
+        top = torch.topk(scores, 2, dim=1)
+        bound = 2.0 * self.rel * norms * self.wmax
+        bound += 2.0**-40 * (norms * self.wmax + self.bmax) + x.shape[1] * 2.0**-100  # float64 rounding, underflow
+        pred = top.indices[:, 0]
+        unsure = ~(top.values[:, 0] - top.values[:, 1] > bound)
+        if bool(unsure.any()):
+            pred[unsure] = self.exact(x[unsure])
+        return pred
+
+
+class NearestMeanDecision(LinearDecision):
+    """Nearest class mean (Euclidean) as the linear rule of :func:`nearest_mean`: after shifting by μ_G,
+    argmax_c 2⟨f − μ_G, μ_c − μ_G⟩ − ‖μ_c − μ_G‖², screened in float32 like :class:`LinearDecision`.
+    ``means: [K, m]`` float64."""
+
+    def __init__(self, means: torch.Tensor):
+        self.g = means.mean(0, keepdim=True)
+        mc = means - self.g
+        self.mc = mc
+        super().__init__(2.0 * mc, -mc.square().sum(1))
+
+    def exact(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.argmax(2.0 * (x @ self.mc.T) - self.mc.square().sum(1), dim=1)
+
+    def argmax(self, chunk: torch.Tensor) -> torch.Tensor:
+        """``chunk: [n, m]`` float64 features -> ``[n]`` nearest mean index (equal to :func:`nearest_mean`)."""
+        return super().argmax(chunk - self.g)
