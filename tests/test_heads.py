@@ -248,15 +248,20 @@ def test_bad_input_names_the_argument():
         episode_accuracy(head, feats, sup, sy, qry, qy, chunk_size=0)
 
 
+def _relu_episodes(seed):
+    """float32 post-ReLU features [200, 48] of 10 classes and 40 5-way 2-shot 10-query episodes over them."""
+    from ncbench.episodes import sample_episodes
+
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(10), 20)
+    feats = np.maximum(rng.normal(size=(10, 48))[labels] + 2.0 * rng.normal(size=(200, 48)), 0).astype(np.float32)
+    return feats, sample_episodes(labels, np.arange(10), ways=5, shots=2, queries=10, count=40, seed=1)
+
+
 @pytest.mark.parametrize("name", ["ridge", "ncc"])
 def test_float32_features_give_the_float64_predictions(name):
     # heads on raw features score float32 queries in float32 with a certified margin, else rescore in float64
-    rng = np.random.default_rng(9)
-    labels = np.repeat(np.arange(10), 20)
-    feats = np.maximum(rng.normal(size=(10, 48))[labels] + 2.0 * rng.normal(size=(200, 48)), 0).astype(np.float32)
-    from ncbench.episodes import sample_episodes
-
-    ep = sample_episodes(labels, np.arange(10), ways=5, shots=2, queries=10, count=40, seed=1)
+    feats, ep = _relu_episodes(9)
     head = HEADS.get(name)()
     args = (ep.support, ep.support_labels, ep.query, ep.query_labels)
     acc32, pred32 = episode_accuracy(head, feats, *args, return_predictions=True)
@@ -361,12 +366,7 @@ def test_logistic_with_a_repeated_support_feature_uses_the_qr_basis():
 def test_transformed_features_give_the_per_episode_predictions(name):
     # episode_accuracy transforms the N feature rows once and scores float32 roundings of the transformed queries
     # (rescoring near-ties in float64): the predictions of the per-episode float64 path
-    rng = np.random.default_rng(15)
-    labels = np.repeat(np.arange(10), 20)
-    feats = np.maximum(rng.normal(size=(10, 48))[labels] + 2.0 * rng.normal(size=(200, 48)), 0).astype(np.float32)
-    from ncbench.episodes import sample_episodes
-
-    ep = sample_episodes(labels, np.arange(10), ways=5, shots=2, queries=10, count=40, seed=1)
+    feats, ep = _relu_episodes(15)
     head = build_head({"name": name}, center=feats.mean(0))
     acc, pred = episode_accuracy(head, feats, ep.support, ep.support_labels, ep.query, ep.query_labels,
                                  return_predictions=True, chunk_size=7)
