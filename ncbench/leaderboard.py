@@ -276,9 +276,7 @@ def rebuild(results_dir: Path, leaderboards_dir: Path, tasks: list[str] | None =
             atomic_write_text(path, to_csv_text(df))
             atomic_write_text(manifest_path(leaderboards_dir, task), manifest_text(results_dir, used))
             board = read(path)  # both derived views read the CSV as written
-            view = ranking.ranked_view(board, task, verification=verify.current(verify.read(leaderboards_dir, task),
-                                                                                 results_dir))
-            ranking.write_markdown(view, path.with_suffix(".md"))
+            view = _write_view(board, task, path, results_dir, leaderboards_dir)
             write_analysis(task, board, leaderboards_dir)  # <task>-analysis.csv: does collapse predict transfer?
         views.append(view)
         written.append(path)
@@ -295,9 +293,17 @@ def refresh_view(results_dir: Path, leaderboards_dir: Path, task: str) -> Path |
     if not path.is_file():
         return None
     with lock(path):
-        view = ranking.ranked_view(read(path), task, verification=verify.current(verify.read(leaderboards_dir, task),
-                                                                                  results_dir))
-        return ranking.write_markdown(view, path.with_suffix(".md"))
+        _write_view(read(path), task, path, results_dir, leaderboards_dir)
+    return path.with_suffix(".md")
+
+
+def _write_view(board: pd.DataFrame, task: str, path: Path, results_dir: Path,
+                leaderboards_dir: Path) -> ranking.RankedView:
+    """Write the ranked view of leaderboard ``board`` (read from ``path``) with the task's verification marks
+    to ``path`` with suffix ``.md``; return the view."""
+    view = ranking.ranked_view(board, task, verification=verify.marks(leaderboards_dir, results_dir, task))
+    ranking.write_markdown(view, path.with_suffix(".md"))
+    return view
 
 
 def read(path: Path) -> pd.DataFrame:

@@ -673,7 +673,7 @@ def make_report(leaderboards_dir: Path, results_dir: Path, out_dir: Path, tasks:
         tables[task] = analysis.analyze(df)
         plots, scatters, notes = _task_plots(task, df, results_dir, out_dir, styles, tables[task])
         log.info("report %s: %d plots, %d leaderboard rows", task, len(plots) + len(scatters), len(df))
-        marks = verify.current(verify.read(leaderboards_dir, task), results_dir)
+        marks = verify.marks(leaderboards_dir, results_dir, task)
         sections.append(_task_html(task, df, plots, scatters, notes, tables[task], marks))
     toc = "".join(f'<li><a href="#{html.escape(_slug(t))}">{html.escape(t)}</a></li>' for t in frames)
     page = (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>ncbench report</title>'

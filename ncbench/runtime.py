@@ -41,23 +41,17 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_CGROUP = Path("/proc/self/cgroup")
 
 
-def process_env_defaults(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
-    """The variables :func:`prepare_process_env` adds to ``environ`` (default: ``os.environ``): those of its
-    rules the user has not decided. ``OMP_WAIT_POLICY=PASSIVE`` unless ``OMP_WAIT_POLICY`` or
-    ``GOMP_SPINCOUNT`` is set (either is the user's choice of how OpenMP threads wait)."""
+def prepare_process_env(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Set the environment rules of an ncbench process in ``environ`` (default: ``os.environ``, which child
+    processes inherit) where the user has not decided them, and return what was added:
+    ``OMP_WAIT_POLICY=PASSIVE`` unless ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is set (either is the user's
+    choice of how OpenMP threads wait). Call it before torch is imported: libgomp reads ``OMP_WAIT_POLICY``
+    once, when torch loads it, so a later change has no effect in this process (only in the processes it
+    starts)."""
     environ = os.environ if environ is None else environ
     if WAIT_POLICY_ENV in environ or SPINCOUNT_ENV in environ:
         return {}
-    return {WAIT_POLICY_ENV: DEFAULT_WAIT_POLICY}
-
-
-def prepare_process_env(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
-    """Set the environment rules of an ncbench process in ``environ`` (default: ``os.environ``, which child
-    processes inherit) and return what was added; a value the user set is kept. Call it before torch is
-    imported: libgomp reads ``OMP_WAIT_POLICY`` once, when torch loads it, so a later change has no effect
-    in this process (only in the processes it starts)."""
-    environ = os.environ if environ is None else environ
-    added = process_env_defaults(environ)
+    added = {WAIT_POLICY_ENV: DEFAULT_WAIT_POLICY}
     environ.update(added)
     return added
 

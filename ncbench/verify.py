@@ -65,7 +65,7 @@ from ncbench.names import check_name, inside
 from ncbench.registry import DATASETS
 from ncbench.results import EpisodeScore, Result, Status, iter_results
 from ncbench.run import pretrain_unit, scored_result, unit_classifier, unit_features
-from ncbench.runtime import DEFAULT_MEMORY_GB, DEFAULT_TIMEOUT_S, git_commit, set_threads
+from ncbench.runtime import DEFAULT_MEMORY_GB, DEFAULT_TIMEOUT_S, THREADS_ENV, git_commit, set_threads
 from ncbench.tasks import Task, TaskError, with_overrides
 from ncbench.unit import RunOptions, Unit, checkpoint_dir, unit_data
 
@@ -255,12 +255,13 @@ class Scored:
     one_hot: float
 
 
-def score_checkpoint(unit: Unit, ckpt: Path, scratch: Path, opts: VerifyOptions, task: Task | None = None) -> Scored:
-    """Score checkpoint ``ckpt`` as ``unit`` (on ``task``, default the unit's) in ``scratch``: the checkpoint is
-    adopted into ``scratch/checkpoints`` and its features extracted afresh (the feature cache there is empty),
-    in a sandbox process for an untrusted backbone, then every metric and episode of the task is computed."""
+def score_checkpoint(unit: Unit, ckpt: Path, sha: str, scratch: Path, opts: VerifyOptions,
+                     task: Task | None = None) -> Scored:
+    """Score checkpoint ``ckpt`` (weights sha256 ``sha``, from :func:`ncbench.checkpoint.checkpoint_info`) as
+    ``unit`` (on ``task``, default the unit's) in ``scratch``: the checkpoint is adopted into
+    ``scratch/checkpoints`` and its features extracted afresh (the feature cache there is empty), in a sandbox
+    process for an untrusted backbone, then every metric and episode of the task is computed."""
     task = task or unit.task
-    sha = checkpoint_info(ckpt).sha256
     adopted = Unit(task, unit.model, unit.backbone, unit.backbone_options, unit.source_classes, unit.seed,
                    unit.pretrain, checkpoint_path=str(Path(ckpt).resolve()), checkpoint_sha256=sha)
     ropts = RunOptions(out=scratch, results=scratch / "results", data_root=opts.data_root, isolate=opts.isolate,
@@ -435,6 +436,12 @@ def current(df: pd.DataFrame | None, results_dir: Path) -> pd.DataFrame | None:
     return df
 
 
+def marks(leaderboards_dir: Path, results_dir: Path, task: str) -> pd.DataFrame | None:
+    """The task's verification rows as they stand now (:func:`read`, then :func:`current`); None without a
+    ``<task>-verified.csv``."""
+    return current(read(leaderboards_dir, task), results_dir)
+
+
 def unit_verdicts(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, source_classes, seed) of verification rows ``df``: the unit's verdict, the worst of
     its rows (stale > mismatch > memorised > unverifiable > verified)."""
@@ -513,11 +520,11 @@ def verify_task(task: Task, opts: VerifyOptions, canon: Any = None) -> pd.DataFr
         try:
             sha = checkpoint_info(ckpt).sha256
             log.info("%s: re-extracting features from %s", name, ckpt)
-            reproduced = score_checkpoint(unit, ckpt, scratch / "reproduce", opts)
+            reproduced = score_checkpoint(unit, ckpt, sha, scratch / "reproduce", opts)
             again = None
             if fresh is not None:
                 log.info("%s: scoring a fresh render (seed %d)", name, fresh_seed)
-                again = score_checkpoint(unit, ckpt, scratch / "fresh", opts, task=fresh)
+                again = score_checkpoint(unit, ckpt, sha, scratch / "fresh", opts, task=fresh)
         except (CheckpointError, ValueError, RuntimeError, OSError) as e:
             log.warning("%s: unverifiable: %s", name, e)
             rows += unit_rows(rec, rel, sha256_file(path), note=f"unverifiable: {type(e).__name__}: {e}", **common)
@@ -555,6 +562,6 @@ def checks_failed(df: pd.DataFrame) -> bool:
 
 def env_threads() -> int | None:
     """``$NCBENCH_THREADS`` when set, else 1: the thread count of the committed leaderboards' workers."""
-    value = os.environ.get("NCBENCH_THREADS")
+    value = os.environ.get(THREADS_ENV)
     return int(value) if value and value.isdigit() and int(value) > 0 else 1
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ncbench import runtime
-from ncbench.runtime import cgroup_cpu_limit, prepare_process_env, process_env_defaults, shell_env_defaults
+from ncbench.runtime import cgroup_cpu_limit, prepare_process_env, shell_env_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,7 +119,7 @@ def test_available_cpus_is_the_smaller_of_quota_and_affinity(tmp_path, monkeypat
 
 # ------------------------------------------------------------------------------------ OpenMP wait policy
 def test_wait_policy_rule():
-    assert process_env_defaults({}) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert prepare_process_env({}) == {"OMP_WAIT_POLICY": "PASSIVE"}
     env = {"OMP_WAIT_POLICY": "active"}
     assert prepare_process_env(env) == {} and env == {"OMP_WAIT_POLICY": "active"}  # the user's value is kept
     env = {"GOMP_SPINCOUNT": "10000"}  # the user chose how threads wait
