@@ -144,11 +144,22 @@ class Head:
         """support_x: [E, n, m] float64 (transformed), onehot: [E, n, W] float64 -> (weight [E, W, m], bias [E, W])."""
         raise NotImplementedError
 
+    def solve_rows(self, features: torch.Tensor, rows: torch.Tensor, onehot: torch.Tensor,
+                   out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`solve` on support sets given as rows of a feature table.
+
+        features: [N, m] float64 (transformed), rows: [k, n] int64 indices into it, onehot: [k, n, W] float64;
+        out: an optional [>= k * n, m] float64 buffer for the gathered rows -> (weight [k, W, m], bias [k, W]).
+        """
+        k, n = rows.shape
+        sx = torch.index_select(features, 0, rows.reshape(-1), out=None if out is None else out[: k * n])
+        return self.solve(sx.view(k, n, features.shape[1]), onehot)
+
     def bytes_per_episode(self, n_support: int, n_query: int, dim: int, ways: int) -> int:
         """Approximate working memory (bytes) of one episode in :func:`episode_accuracy`: its gathered features
-        (support in float64, plus a float32 copy; queries in float32), the float32 weight and the [n_q, W] scores
-        and bounds, plus what :meth:`solve` allocates (the subclasses add that)."""
-        return 12 * n_support * dim + 4 * n_query * dim + _F64 * (ways * dim + 6 * n_query * ways)
+        (support in float64, queries in float32), the float32 weight and the [n_q, W] scores and bounds, plus what
+        :meth:`solve` allocates (the subclasses add that)."""
+        return _F64 * n_support * dim + 4 * n_query * dim + _F64 * (ways * dim + 6 * n_query * ways)
 
     # -- one support set
     def fit(self, X: Any, y: Any) -> "Head":
@@ -336,6 +347,18 @@ class NCCHead(Head):
         means = onehot.transpose(1, 2) @ support_x / onehot.sum(1)[..., None]       # [E, W, m]
         return 2 * means, -(means * means).sum(-1)
 
+    def solve_rows(self, features, rows, onehot, out=None):
+        # the class sums straight from the feature table (one bag of rows per episode and class): no gathered
+        # copy of the support set and no [W, n] x [n, m] product per episode
+        k, n = rows.shape
+        ways = onehot.shape[2]
+        counts = onehot.sum(1)                                                         # [k, W]
+        by_class = rows.gather(1, onehot.argmax(2).argsort(dim=1, stable=True)).reshape(-1)
+        sizes = counts.reshape(-1).to(torch.int64)
+        sums = torch.nn.functional.embedding_bag(by_class, features, sizes.cumsum(0) - sizes, mode="sum")
+        means = sums.view(k, ways, -1) / counts[..., None]                           # [k, W, m]
+        return 2 * means, -(means * means).sum(-1)
+
 
 @register_head("logistic")
 class LogisticHead(Head):
@@ -435,7 +458,7 @@ class LogisticHead(Head):
             k = 1 if first else ways
             pk = p.transpose(1, 2)[:, :k, None, :]                                       # [E, k, 1, n]
             zp = z.transpose(1, 2)[:, None] * pk                                         # [E, k, r1, n]: p_ik z_i
-            blocks = torch.matmul(zp, z[:, None]).mul_(c)                               # [E, k, r1, r1]
+            blocks = torch.bmm(zp.reshape(E, k * r1, n), z).view(E, k, r1, r1).mul_(c)  # [E, k, r1, r1]
             blocks.diagonal(dim1=2, dim2=3).add_(pen)
             chol = torch.linalg.cholesky(blocks)
             xu = torch.linalg.solve_triangular(chol, torch.cat([zp, null[:, :k]], 3), upper=False)
@@ -557,17 +580,15 @@ def episode_accuracy(head: Head, features: Any, support: Any, support_labels: An
     chunk_size = min(chunk_size, E)
 
     # The head's transform maps each feature row on its own, so it is applied once to the N rows rather than to
-    # every episode's copies. Supports are solved in float64; queries are scored in float32 by _certified_argmax,
-    # which returns the argmax of the float64 scores. Float32 features on a raw-feature head stay float32 (the
-    # queries are then exact); otherwise the float64 (transformed) features are kept and rounded to float32 once.
-    if head.raw_features and feats.dtype == torch.float32:
-        feats64, feats32 = None, feats.contiguous()
-    else:
-        feats64 = head.transform(feats.to(torch.float64)).contiguous()                    # [N, m]
-        feats32 = feats64.to(torch.float32)
+    # every episode's copies. Supports are solved in float64 from the float64 table; queries are scored in float32
+    # by _certified_argmax, which returns the argmax of the float64 scores. Float32 features on a raw-feature head
+    # are scored as they are (the queries are then exact); otherwise the float64 (transformed) rows are rounded to
+    # float32 once, and the rounding enters the bound.
+    feats64 = head.transform(feats.to(torch.float64)).contiguous()                        # [N, m]
+    exact32 = head.raw_features and feats.dtype == torch.float32
+    feats32 = feats.contiguous() if exact32 else feats64.to(torch.float32)
     norms32 = torch.linalg.vector_norm(feats32, dim=1).to(torch.float64)                 # [N], of the float32 rows
-    sup_buf = feats32.new_empty(chunk_size * n_s, dim, dtype=torch.float64)   # reused: no page faults per chunk
-    sup32_buf = feats32.new_empty(chunk_size * n_s, dim) if feats64 is None else None
+    sup_buf = feats64.new_empty(chunk_size * n_s, dim)   # reused: no page faults per chunk
     qry_buf = feats32.new_empty(chunk_size * n_q, dim)
     preds = np.empty((E, n_q), dtype=np.int64)
     correct = 0
@@ -575,15 +596,10 @@ def episode_accuracy(head: Head, features: Any, support: Any, support_labels: An
         for lo in range(0, E, chunk_size):
             hi = min(lo + chunk_size, E)
             k = hi - lo
-            s_rows, q_rows = sup[lo:hi].reshape(-1), qry[lo:hi]
-            if feats64 is None:
-                sx32 = torch.index_select(feats32, 0, s_rows, out=sup32_buf[: k * n_s])
-                sx = sup_buf[: k * n_s].copy_(sx32)
-            else:
-                sx = torch.index_select(feats64, 0, s_rows, out=sup_buf[: k * n_s])
+            q_rows = qry[lo:hi]
+            weight, bias = head.solve_rows(feats64, sup[lo:hi], onehot[lo:hi], out=sup_buf)
             qx = torch.index_select(feats32, 0, q_rows.reshape(-1), out=qry_buf[: k * n_q]).view(k, n_q, dim)
-            weight, bias = head.solve(sx.view(k, n_s, dim), onehot[lo:hi])
-            exact_query = None if feats64 is None else (lambda e, j, q_rows=q_rows: feats64[q_rows[e, j]])
+            exact_query = None if exact32 else (lambda e, j, q_rows=q_rows: feats64[q_rows[e, j]])
             pred = _certified_argmax(weight, bias, qx, q_norm=norms32[q_rows], exact_query=exact_query).numpy()
             preds[lo:hi] = pred
             correct += int((pred == qry_y[lo:hi]).sum())

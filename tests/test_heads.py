@@ -190,6 +190,28 @@ def test_episode_accuracy_values_chunking_and_predictions():
     assert 0.3 < acc.mean() <= 1.0  # well above the 4-way chance level
 
 
+def test_ncc_class_sums_from_the_feature_table_match_brute_force_means():
+    # NCCHead.solve_rows sums each class's rows straight from the table (embedding_bag): shuffled labels, unequal
+    # class counts, chunks; the same weights as float64 loops and the same predictions as the gathered path
+    rng = np.random.default_rng(21)
+    feats = rng.normal(size=(40, 9)).astype(np.float32)
+    sup = np.stack([rng.choice(40, 7, replace=False) for _ in range(6)])
+    sy = np.stack([rng.permutation([0, 1, 1, 2, 2, 2, 0]) for _ in range(6)])
+    head = NCCHead()
+    onehot = torch.nn.functional.one_hot(torch.as_tensor(sy), 3).to(torch.float64)
+    weight, bias = head.solve_rows(torch.as_tensor(feats, dtype=torch.float64), torch.as_tensor(sup), onehot)
+    for e in range(6):
+        for k in range(3):
+            rows = [feats[i].astype(np.float64) for i, y in zip(sup[e], sy[e]) if y == k]
+            mean = [sum(r[d] for r in rows) / len(rows) for d in range(9)]
+            np.testing.assert_allclose(weight[e, k].numpy(), 2 * np.array(mean), rtol=1e-14, atol=1e-14)
+            assert bias[e, k].item() == pytest.approx(-sum(v * v for v in mean), rel=1e-13)
+    qry = np.stack([rng.choice(40, 5, replace=False) for _ in range(6)])
+    qy = rng.integers(0, 3, size=(6, 5))
+    _, pred = episode_accuracy(head, feats, sup, sy, qry, qy, return_predictions=True, chunk_size=4)
+    np.testing.assert_array_equal(pred, head.predict_episodes(feats[sup], sy, feats[qry]))
+
+
 def test_mean_ci95():
     mean, ci, n = mean_ci95([1.0, 2.0, 3.0, 4.0])
     assert (mean, n) == (2.5, 4)
