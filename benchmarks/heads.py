@@ -13,7 +13,9 @@ per ``process_support_set`` / ``forward``. The logistic head is checked by its o
 ``C * sum_i CE_i + |w|^2 / 2`` at our solution must not exceed sklearn's by more than 1e-6 relative.
 The arithmetic floor: FLOPs per episode of the float64 (gram, weight) and float32 (query scores) matrix products,
 at the float32 / float64 matmul rates measured here (one large ``torch.matmul``) -> the most episodes/s those
-products allow. Everything is limited to ``--threads`` threads (torch and the BLAS behind numpy).
+products allow. The measured kernel floor: the same products as ``bmm`` at the episode shapes, plus gathering each
+episode's rows from the feature tables (:func:`kernel_floor`), with nothing else -> the most episodes/s that
+torch's unfused kernels allow here. Everything is limited to ``--threads`` threads (torch and the BLAS behind numpy).
 """
 
 from __future__ import annotations
@@ -133,6 +135,49 @@ def floor_line(name: str, flop64: float, flop32: float, gf64: float, gf32: float
             f"{flop32 / 1e6:.2f} float32) -> at most {limit:,.0f} episodes/s; batched reaches {rate / limit:.0%} of it")
 
 
+def kernel_floor(feats: np.ndarray, ep, ways: int, repeat: int, chunk: int = 64) -> tuple[float, float, float]:
+    """Measured episodes/s of the bare work every batched head must do, with torch's kernels at these shapes and
+    nothing else (no validation, solve or certificate): (gather, ridge products, ncc products).
+    gather: ``index_select`` of each episode's support rows from the float64 table and query rows from the float32
+    one, chunk by chunk into reused buffers; products: on one gathered chunk, the float64 support gram
+    ``[n, m] x [m, n]`` and weight ``[W, n] x [n, m]`` (ridge only: ncc's class sums add the rows as they are read)
+    and the float32 query scores ``[n_q, m] x [m, W]``, as ``bmm`` over the chunk."""
+    f32 = torch.as_tensor(feats)
+    f64 = f32.to(torch.float64)
+    sup, qry = torch.as_tensor(ep.support), torch.as_tensor(ep.query)
+    count, (n, n_q), m = len(sup), (sup.shape[1], qry.shape[1]), f32.shape[1]
+    chunk = min(chunk, count)
+    s_buf, q_buf = f64.new_empty(chunk * n, m), f32.new_empty(chunk * n_q, m)
+
+    def gather(lo):
+        s = torch.index_select(f64, 0, sup[lo:lo + chunk].reshape(-1), out=s_buf[: sup[lo:lo + chunk].numel()])
+        q = torch.index_select(f32, 0, qry[lo:lo + chunk].reshape(-1), out=q_buf[: qry[lo:lo + chunk].numel()])
+        return s, q
+
+    _, sec = timed(lambda: [gather(lo) for lo in range(0, count, chunk)], repeat)
+    gather_rate = count / sec
+    s, q = gather(0)
+    s, q = s.view(chunk, n, m), q.view(chunk, n_q, m)
+    coef = torch.randn(chunk, ways, n, dtype=torch.float64)
+    w32 = torch.randn(chunk, ways, m).transpose(1, 2)     # [chunk, m, W], the layout the heads score with
+
+    def products(ridge):
+        if ridge:
+            torch.bmm(s, s.transpose(1, 2))
+            torch.bmm(coef, s)
+        torch.bmm(q, w32)
+
+    reps = max(1, count // chunk)
+    rates = [chunk * reps / timed(lambda: [products(g) for _ in range(reps)], repeat)[1] for g in (True, False)]
+    return gather_rate, rates[0], rates[1]
+
+
+def kernel_floor_line(name: str, gather: float, products: float, rate: float) -> str:
+    limit = 1 / (1 / gather + 1 / products)
+    return (f"  {name} measured kernel floor: gathering the rows {gather:,.0f} episodes/s, the bare batched products "
+            f"{products:,.0f} episodes/s -> both: {limit:,.0f} episodes/s; batched reaches {rate / limit:.0%} of it")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--episodes", type=int, default=10_000)
@@ -215,6 +260,9 @@ def main_row(a, episodes, ways, shots, dim, subset, fsl, gf32, gf64, full):
     flop_gram = 2 * n * n * dim if dual else 2 * n * dim * dim  # (primal: the m x m gram of centred features)
     print(floor_line("ridge", flop_gram + 2 * ways * n * dim, 2 * n_q * ways * dim, gf64, gf32, ridge_rate))
     print(floor_line("ncc", 2 * ways * n * dim, 2 * n_q * ways * dim, gf64, gf32, ncc_rate))
+    gather, ridge_products, ncc_products = kernel_floor(feats, ep, ways, a.repeat)
+    print(kernel_floor_line("ridge", gather, ridge_products, ridge_rate))
+    print(kernel_floor_line("ncc", gather, ncc_products, ncc_rate))
     if not full:
         return
 

@@ -21,7 +21,7 @@ SMALL = {
     "executor.py": (["--task", "{task}", "--seeds", "0", "--source-classes", "4", "--workers", "2", "--threads", "1"],
                     "leaderboard identical: True"),
     "heads.py": (["--episodes", "40", "--subset", "4", "--classes", "12", "--per-class", "20", "--dim", "16",
-                  "--repeat", "1"], "ridge speed-up"),
+                  "--repeat", "1"], "ncc measured kernel floor"),
     "metrics.py": [(["--classes", "20", "--samples", "2000", "--dim", "16", "--batch-size", "500", "--repeat", "1"],
                     "ratio per-pair loop"),
                    (["--extrapolate", "--classes", "20", "--dim", "16", "--extrapolate-sizes", "400", "800",
