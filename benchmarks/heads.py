@@ -150,9 +150,9 @@ def kernel_floor(feats: np.ndarray, ep, ways: int, repeat: int, chunk: int = 64)
     s_buf, q_buf = f64.new_empty(chunk * n, m), f32.new_empty(chunk * n_q, m)
 
     def gather(lo):
-        s = torch.index_select(f64, 0, sup[lo:lo + chunk].reshape(-1), out=s_buf[: sup[lo:lo + chunk].numel()])
-        q = torch.index_select(f32, 0, qry[lo:lo + chunk].reshape(-1), out=q_buf[: qry[lo:lo + chunk].numel()])
-        return s, q
+        s_rows, q_rows = sup[lo:lo + chunk].reshape(-1), qry[lo:lo + chunk].reshape(-1)
+        return (torch.index_select(f64, 0, s_rows, out=s_buf[: len(s_rows)]),
+                torch.index_select(f32, 0, q_rows, out=q_buf[: len(q_rows)]))
 
     _, sec = timed(lambda: [gather(lo) for lo in range(0, count, chunk)], repeat)
     gather_rate = count / sec

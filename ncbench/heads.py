@@ -344,8 +344,8 @@ class NCCHead(Head):
         return super().bytes_per_episode(n_support, n_query, dim, ways) + _F64 * 2 * ways * dim   # sums, weight
 
     def solve(self, support_x, onehot):
-        means = onehot.transpose(1, 2) @ support_x / onehot.sum(1)[..., None]       # [E, W, m]
-        return 2 * means, -(means * means).sum(-1)
+        E, n, m = support_x.shape
+        return self.solve_rows(support_x.reshape(E * n, m), torch.arange(E * n).view(E, n), onehot)
 
     def solve_rows(self, features, rows, onehot, out=None):
         # the class sums straight from the feature table (one bag of rows per episode and class): no gathered

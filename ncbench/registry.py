@@ -95,7 +95,7 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         """The registered names, sorted. For a ``catalogued`` registry whose module is not imported yet they come
-        from :mod:`ncbench.catalogue` (no import of torch), plus any name registered since."""
+        from :func:`catalogue` (no import of torch), plus any name registered since."""
         if self._populated:
             return sorted(self._entries)
         if not self._catalogued:
